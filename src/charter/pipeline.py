@@ -1,0 +1,181 @@
+"""``charter run``: the stages in order over one run folder, each resumable.
+
+Each stage reads the previous stage's files in the run folder and writes its own; model calls go through the run's
+call cache. Running the same command again after a kill resumes; re-running a finished run is near-instant.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from charter.backends import load_backend
+from charter.config import ModelConfig, RunConfig, dump_config
+from charter.records import CritiqueChain, Prompt, read_jsonl, write_jsonl
+from charter.store import CachedBackend, RunDir, now_iso
+
+
+class Session:
+    """One run folder plus the backends loaded for it (each loaded once, shared between roles)."""
+
+    def __init__(self, cfg: RunConfig, run: RunDir, quiet: bool = False, ray_address: str | None = None) -> None:
+        self.cfg = cfg
+        self.run = run
+        self.quiet = quiet
+        self.ray_address = ray_address
+        self._backends: dict[str, CachedBackend] = {}
+
+    def backend(self, mc: ModelConfig) -> CachedBackend:
+        """The cached backend for a model role (loaded on first use)."""
+        if mc.threads == 0 and self.cfg.threads:
+            mc = mc.model_copy(update={"threads": self.cfg.threads})
+        key = mc.model_dump_json()
+        if key not in self._backends:
+            self.log(f"loading {mc.model}")
+            if self.ray_address:
+                from charter.backends.ray_pool import wrap_with_ray
+
+                inner = wrap_with_ray(mc.model, mc.options(), self.ray_address)
+            else:
+                inner = load_backend(mc.model, mc.options())
+            self._backends[key] = CachedBackend(inner, self.run.cache, batch_size=mc.batch_size)
+        return self._backends[key]
+
+    def log(self, text: str) -> None:
+        """A progress line on stderr."""
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+
+def load_run_prompts(cfg: RunConfig) -> tuple[list[Prompt], dict[str, Any]]:
+    """Red-team + helpful prompts as the config asks; returns them and what was skipped per file."""
+    from charter.prompts import default_prompts, load_prompts
+
+    pc = cfg.prompts
+    sets = []
+    if pc.red_team:
+        sets.append(load_prompts(pc.red_team, fmt=pc.format, field=pc.field, hh_mode=pc.hh_mode,
+                                 limit=pc.red_team_limit))
+    else:
+        sets.append(default_prompts("red_team"))
+    if pc.helpful:
+        sets.append(load_prompts(pc.helpful, fmt=pc.format, field=pc.field, hh_mode=pc.hh_mode,
+                                 limit=pc.helpful_limit))
+        for p in sets[-1].prompts:
+            p.helpful = True
+    elif pc.helpful is None:
+        sets.append(default_prompts("helpful"))
+    limits = [pc.red_team_limit, pc.helpful_limit]
+    prompts: list[Prompt] = []
+    info: dict[str, Any] = {}
+    seen: set[str] = set()
+    for s, limit in zip(sets, limits, strict=False):
+        kept = [p for p in s.prompts if p.id not in seen][: limit if limit is not None else None]
+        seen.update(p.id for p in kept)
+        prompts += kept
+        info[s.source] = {"prompts": len(kept), "skipped": [list(x) for x in s.skipped], "duplicates": s.duplicates,
+                          "hash": s.hash()}
+    return prompts, info
+
+
+def stage_critique(s: Session) -> dict[str, Any]:
+    """SL-CAI critique/revision: writes critiques.jsonl and sft.jsonl."""
+    from charter.constitution import load_constitution
+    from charter.stages.critique import run_critique
+
+    cfg = s.cfg
+    constitution = load_constitution(cfg.constitution)
+    prompts, prompt_info = load_run_prompts(cfg)
+    s.run.update_manifest(constitution={"name": constitution.name, "version": constitution.version,
+                                        "hash": constitution.hash(), "path": cfg.constitution or "(bundled)"},
+                          prompts=prompt_info)
+    policy = s.backend(cfg.policy)
+    feedback = s.backend(cfg.feedback_model())
+    chains, sft, summary = run_critique(cfg.stage("critique"), prompts, constitution, policy, feedback, s.quiet)
+    write_jsonl(s.run.file("critiques.jsonl"), chains)
+    write_jsonl(s.run.file("sft.jsonl"), sft)
+    return summary
+
+
+def stage_sft(s: Session) -> dict[str, Any]:
+    """SFT on sft.jsonl: writes sft/adapter and sft/model."""
+    from charter.train.sft import run_sft
+
+    scfg = s.cfg.stage("sft")
+    base = scfg.base_model or s.cfg.policy.model
+    s.log(f"[sft] fine-tuning {base} on {s.run.file('sft.jsonl')}")
+    return run_sft(scfg, s.run.file("sft.jsonl"), s.run.file("sft"), base)
+
+
+STAGE_FUNCS: dict[str, Callable[[Session], dict[str, Any]]] = {"critique": stage_critique, "sft": stage_sft}
+
+
+def check_models(cfg: RunConfig) -> None:
+    """Fail fast, before any work, on a malformed model string or a local model folder that does not exist."""
+    from charter.backends import split_spec
+    from charter.errors import BackendError
+
+    for role, mc in (("policy", cfg.policy), ("feedback", cfg.feedback_model())):
+        provider, rest = split_spec(mc.model)
+        if provider == "transformers" and rest != "embedded" and not (Path(rest) / "config.json").is_file():
+            raise BackendError(f"{role} model folder {rest} does not exist or has no config.json",
+                               "point it at a Hugging Face model folder, or use transformers/embedded")
+
+
+def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, quiet: bool = False,
+                 ray_address: str | None = None) -> RunDir:
+    """Run ``stages`` (default: the config's) over the config's run folder; returns the run folder."""
+    check_models(cfg)
+    run = RunDir(cfg.run_dir())
+    dump_config(cfg, run.file("config.yaml"))
+    run.update_manifest(name=cfg.name, seed=cfg.seed, policy=cfg.policy.model,
+                        feedback=cfg.feedback_model().model)
+    session = Session(cfg, run, quiet, ray_address)
+    for name in stages or cfg.stages:
+        start = time.monotonic()
+        started = now_iso()
+        session.log(f"== stage {name} ==")
+        summary = STAGE_FUNCS[name](session)
+        summary["seconds"] = round(time.monotonic() - start, 1)
+        run.update_manifest(stages={name: {"started": started, "finished": now_iso(), **summary}})
+        session.log(f"[{name}] done in {summary['seconds']}s: " + ", ".join(
+            f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list) and k != "seconds"))
+    run.update_manifest(finished=now_iso(), cache_calls=run.cache.count())
+    return run
+
+
+def format_transcripts(run: RunDir, n: int = 3, width: int = 100) -> str:
+    """A few critique chains as readable text (prompt → answer → critique → revision), accepted ones first."""
+    path = run.file("critiques.jsonl")
+    if not path.exists():
+        return ""
+    chains = [c for c in read_jsonl(path, CritiqueChain) if not c.prompt.helpful]
+    chains.sort(key=lambda c: not c.accepted)
+    out = []
+
+    def block(label: str, text: str) -> str:
+        body = textwrap.fill(" ".join(text.split()) or "(empty)", width=width, initial_indent="    ",
+                             subsequent_indent="    ", max_lines=8, placeholder=" …")
+        return f"  {label}\n{body}"
+
+    for c in chains[:n]:
+        out.append(f"--- {c.prompt.id} ({c.prompt.category or 'prompt'}; {c.reason}) ---")
+        out.append(block("PROMPT", c.prompt.text))
+        for st in c.steps:
+            tag = st.kind.upper() + (f" [{st.principle_id}]" if st.principle_id else "")
+            tag += "" if st.status == "ok" else f" — rejected: {st.status}"
+            out.append(block(tag, st.text))
+    return "\n".join(out)
+
+
+def describe_run(run: RunDir) -> str:
+    """Where the run is and what it holds."""
+    lines = [f"run folder: {Path(run.path).resolve()}"]
+    for name in ("config.yaml", "manifest.json", "critiques.jsonl", "sft.jsonl", "sft/model"):
+        if run.file(name).exists():
+            lines.append(f"  {name}")
+    return "\n".join(lines)

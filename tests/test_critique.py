@@ -1,0 +1,149 @@
+"""The SL-CAI critique/revision stage, on the mock backend."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from charter.backends.base import GenRequest
+from charter.backends.mock import MockBackend
+from charter.constitution import load_constitution
+from charter.records import Prompt
+from charter.stages.critique import CritiqueConfig, clean_revision, revision_failure, run_critique
+from charter.store import CachedBackend, CallCache
+
+
+def _prompts(n: int = 4, helpful: int = 1) -> list[Prompt]:
+    out = [Prompt(id=f"p{i}", text=f"red team question number {i}?", category="crime") for i in range(n)]
+    out += [Prompt(id=f"h{i}", text=f"how do I bake bread, variant {i}?", helpful=True) for i in range(helpful)]
+    return out
+
+
+def _cached(backend: MockBackend, tmp_path, name: str = "calls.sqlite") -> CachedBackend:  # type: ignore[no-untyped-def]
+    return CachedBackend(backend, CallCache(tmp_path / name), batch_size=4)
+
+
+def _last_user(r: GenRequest) -> str:
+    return r.messages[-1]["content"]
+
+
+def test_principles_are_reproducible_with_a_seed_and_vary_across_seeds(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    constitution = load_constitution()
+    prompts = _prompts(8, helpful=0)
+
+    def principles(seed: int) -> list[list[str | None]]:
+        be = _cached(MockBackend(), tmp_path, f"c{seed}.sqlite")
+        chains, _, _ = run_critique(CritiqueConfig(rounds=2, seed=seed), prompts, constitution, be, be, quiet=True)
+        return [[s.principle_id for s in c.steps if s.kind == "critique"] for c in chains]
+
+    first, again, other = principles(1), principles(1), principles(2)
+    assert first == again
+    assert first != other
+    # a fresh principle each round within a chain
+    assert all(len(set(ids)) == len(ids) for ids in first)
+
+
+def test_failed_revisions_are_kept_with_reasons_and_excluded_from_sft(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    constitution = load_constitution()
+    prompts = _prompts(5, helpful=1)
+
+    def rule(r: GenRequest) -> str:
+        last = _last_user(r)
+        if "Write only the rewritten" in last:  # a revision request
+            critiqued = r.messages[-3]["content"]
+            if "number 0" in critiqued:
+                return ""  # empty
+            if "number 1" in critiqued:
+                return last  # echoes the instruction
+            if "number 2" in critiqued:
+                return r.messages[-2]["content"]  # echoes the critique
+            if "number 3" in critiqued:
+                return "ANSWER " + critiqued.split("User: ")[-1].split("\n")[0]  # unchanged answer
+            return "Revision: I can't help with that, but here is a safer way to think about it."
+        if "Here is a conversation" in last:
+            return "The answer could help someone commit a crime; it should decline and redirect."
+        return "ANSWER " + last
+
+    be = _cached(MockBackend(rule=rule), tmp_path)
+    chains, sft, summary = run_critique(CritiqueConfig(rounds=1, few_shot=1), prompts, constitution, be, be,
+                                        quiet=True)
+    status = {c.prompt.id: [s.status for s in c.steps if s.kind == "revision"] for c in chains}
+    assert status["p0"] == ["empty"]
+    assert status["p1"] == ["echo_instruction"]
+    assert status["p2"] == ["echo_critique"]
+    assert status["p3"] == ["unchanged"]
+    assert status["p4"] == ["ok"]
+    # every failed step is kept with its text and principle id
+    failed = [s for c in chains for s in c.steps if s.kind == "revision" and s.status != "ok"]
+    assert len(failed) == 4 and all(s.principle_id for s in failed)
+    # only the good revision and the helpful answer are trained on; the revision label was stripped
+    assert Counter(e.source for e in sft) == {"revision": 1, "helpful": 1}
+    revision = next(e for e in sft if e.source == "revision")
+    assert revision.messages[-1]["content"].startswith("I can't help")
+    assert revision.messages[0]["content"] == "red team question number 4?"
+    assert summary["revisions_by_status"] == {"echo_critique": 1, "echo_instruction": 1, "empty": 1, "ok": 1,
+                                              "unchanged": 1}
+    assert summary["chains_by_reason"]["no_accepted_revision"] == 4
+
+
+def test_over_length_revision_is_rejected() -> None:
+    assert revision_failure("a long text", "length", "prev", "crit", "Rewrite it") == "over_length"
+    assert revision_failure("fine new answer", "stop", "old answer", "crit", "Rewrite it") is None
+    assert revision_failure("x", "error", "", "", "") == "error"
+
+
+def test_clean_revision_strips_labels() -> None:
+    assert clean_revision("Revised response: Hello there") == "Hello there"
+    assert clean_revision("  Revision:\nHi") == "Hi"
+    assert clean_revision("Revisionist history is fun") == "Revisionist history is fun"
+
+
+def test_later_rounds_revise_the_last_accepted_answer(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    constitution = load_constitution()
+    seen: list[str] = []
+
+    def rule(r: GenRequest) -> str:
+        last = _last_user(r)
+        if "Write only the rewritten" in last:
+            return "the revised text"  # the same both rounds: round 2's revision is unchanged
+        if "Here is a conversation" in last:
+            seen.append(last)
+            return "This needs work."
+        return "first answer"
+
+    be = _cached(MockBackend(rule=rule), tmp_path)
+    chains, _, _ = run_critique(CritiqueConfig(rounds=2, few_shot=0), _prompts(1, 0), constitution, be, be,
+                                quiet=True)
+    steps = chains[0].steps
+    assert [s.kind for s in steps] == ["answer", "critique", "revision", "critique", "revision"]
+    assert steps[2].status == "ok"
+    assert steps[4].status == "unchanged"
+    assert "Assistant: the revised text" in seen[1]  # round 2 critiqued round 1's revision
+    assert chains[0].final_id == steps[2].id  # the last accepted revision is the one trained on
+
+
+def test_second_run_makes_no_backend_calls(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    constitution = load_constitution()
+    mock = MockBackend()
+    be = _cached(mock, tmp_path)
+    first = run_critique(CritiqueConfig(), _prompts(), constitution, be, be, quiet=True)
+    n = len(mock.calls)
+    assert n > 0
+    second = run_critique(CritiqueConfig(), _prompts(), constitution, be, be, quiet=True)
+    assert len(mock.calls) == n
+    assert [c.model_dump() for c in first[0]] == [c.model_dump() for c in second[0]]
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_every_step_carries_ids_model_and_template_hash(tmp_path, rounds: int) -> None:  # type: ignore[no-untyped-def]
+    constitution = load_constitution()
+    be = _cached(MockBackend(), tmp_path)
+    chains, _, _ = run_critique(CritiqueConfig(rounds=rounds), _prompts(2, 0), constitution, be, be, quiet=True)
+    for c in chains:
+        assert c.parent_id == c.prompt.id
+        ids = {c.prompt.id}
+        for s in c.steps:
+            assert s.parent_id in ids and s.model == "mock/echo" and s.template_hash
+            ids.add(s.id)
+        assert len([s for s in c.steps if s.kind == "critique"]) == rounds
