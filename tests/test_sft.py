@@ -1,0 +1,73 @@
+"""The SFT stage: TRL SFTTrainer (LoRA and full) changes the weights, and the saved model reloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from charter.records import SFTExample, write_jsonl
+from charter.train.sft import SFTConfig, run_sft, to_prompt_completion
+
+
+def _data(tmp_path: Path, n: int = 6) -> Path:
+    examples = [
+        SFTExample(id=f"s{i}", parent_id=f"r{i}", source="revision", model="mock/echo", principle_ids=["x"],
+                   messages=[{"role": "user", "content": f"question {i}?"},
+                             {"role": "assistant", "content": f"A careful, safe answer number {i}."}])
+        for i in range(n)
+    ]
+    path = tmp_path / "sft.jsonl"
+    write_jsonl(path, examples)
+    return path
+
+
+def _weights(folder: Path) -> dict[str, object]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_sft_jsonl_loads_with_datasets_in_trl_messages_format(tmp_path: Path) -> None:
+    from datasets import load_dataset
+
+    ds = load_dataset("json", data_files=str(_data(tmp_path)), split="train")
+    assert ds[0]["messages"][-1]["role"] == "assistant"
+    pc = to_prompt_completion(SFTExample.model_validate(ds[0]))
+    assert pc["completion"][0]["role"] == "assistant" and pc["prompt"][-1]["role"] == "user"
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_sft_changes_weights_and_saved_model_reloads(tmp_path: Path, tiny_model_dir: Path, lora: bool) -> None:
+    import torch
+
+    from charter.backends import BackendOptions
+    from charter.backends.base import GenParams, GenRequest
+    from charter.backends.transformers import TransformersBackend
+
+    cfg = SFTConfig(max_steps=2, batch_size=2, learning_rate=5e-3, lora=lora, max_length=64)
+    summary = run_sft(cfg, _data(tmp_path), tmp_path / "sft", f"transformers/{tiny_model_dir}")
+    assert summary["steps"] == 2
+    before, after = _weights(tiny_model_dir), _weights(tmp_path / "sft" / "model")
+    assert before.keys() == after.keys()  # merged: a plain model folder, no LoRA leftovers
+    changed = [k for k in before if not torch.equal(before[k], after[k])]  # type: ignore[arg-type]
+    assert changed, "training left every weight unchanged"
+    assert (tmp_path / "sft" / "adapter" / "adapter_config.json").exists() == lora
+
+    backend = TransformersBackend(f"transformers/{tmp_path / 'sft' / 'model'}", str(tmp_path / "sft" / "model"),
+                                  BackendOptions(dtype="float32"))
+    out = backend.generate([GenRequest.of([{"role": "user", "content": "hi"}], GenParams(max_new_tokens=4))])
+    assert out[0].completion_tokens > 0
+
+    # same data and settings: not trained again
+    again = run_sft(cfg, tmp_path / "sft.jsonl", tmp_path / "sft", f"transformers/{tiny_model_dir}")
+    assert "skipped" in again
+
+
+def test_sft_without_examples_explains_what_to_do(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from charter.errors import CharterError
+
+    empty = tmp_path / "sft.jsonl"
+    empty.write_text("")
+    with pytest.raises(CharterError, match="no training examples"):
+        run_sft(SFTConfig(max_steps=1), empty, tmp_path / "sft", f"transformers/{tiny_model_dir}")
