@@ -138,9 +138,11 @@ def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, quiet: bool = 
     for name in stages or cfg.stages:
         start = time.monotonic()
         started = now_iso()
+        hits, misses = run.cache.hits, run.cache.misses
         session.log(f"== stage {name} ==")
         summary = STAGE_FUNCS[name](session)
         summary["seconds"] = round(time.monotonic() - start, 1)
+        summary["model_calls"] = {"made": run.cache.misses - misses, "from_cache": run.cache.hits - hits}
         run.update_manifest(stages={name: {"started": started, "finished": now_iso(), **summary}})
         session.log(f"[{name}] done in {summary['seconds']}s: " + ", ".join(
             f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list) and k != "seconds"))
