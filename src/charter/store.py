@@ -152,7 +152,8 @@ class CachedBackend:
                 except Exception as e:  # keep what finished before the failure (a backend may attach it as `partial`)
                     partial = getattr(e, "partial", None) or []
                     self.cache.put_many([(k, kind, self.backend.model_id, keyed[i][1], dump(out))
-                                         for (k, i), out in zip(chunk, partial, strict=False) if out is not None and cacheable(out)])
+                                         for (k, i), out in zip(chunk, partial, strict=False)
+                                         if out is not None and cacheable(out)])
                     raise
                 yield chunk, outs
 
