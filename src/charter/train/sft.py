@@ -128,6 +128,9 @@ def run_sft(cfg: SFTConfig, data_path: Path, out_dir: Path, base_spec: str) -> d
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
     model_dir = out_dir / "model"
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.accelerator.is_main_process:  # under `accelerate launch`, only rank 0 writes the model
+        return {"steps": result.global_step, "rank": trainer.accelerator.process_index}
     if model_dir.exists():
         shutil.rmtree(model_dir)
     trained = trainer.model
