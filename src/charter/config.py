@@ -57,14 +57,28 @@ class PromptsConfig(BaseModel):
 
 
 def _stage_models() -> dict[str, type[BaseModel]]:
+    from charter.evaluation.session import EvalConfig
     from charter.stages.critique import CritiqueConfig
+    from charter.stages.label import LabelConfig
+    from charter.stages.rlcd import RLCDConfig
+    from charter.stages.sample import SampleConfig
+    from charter.train.dpo import DPOConfig
+    from charter.train.online import OnlineConfig
+    from charter.train.reward import RewardConfig
     from charter.train.sft import SFTConfig
 
-    return {"critique": CritiqueConfig, "sft": SFTConfig}
+    return {"critique": CritiqueConfig, "sft": SFTConfig, "sample": SampleConfig, "label": LabelConfig,
+            "rlcd": RLCDConfig, "dpo": DPOConfig, "rm": RewardConfig, "online": OnlineConfig, "eval": EvalConfig,
+            "report": _NoConfig}
 
 
-STAGES = ("critique", "sft")
-"""Stages ``charter run`` knows, in pipeline order."""
+class _NoConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+STAGES = ("critique", "sft", "sample", "label", "rlcd", "dpo", "rm", "online", "eval", "report")
+"""Stages ``charter run`` knows, in pipeline order: SL-CAI (critique, sft), RL-CAI (sample, label or rlcd, then
+dpo / rm / online), then evaluation and the HTML report."""
 
 
 class RunConfig(BaseModel):
@@ -85,6 +99,14 @@ class RunConfig(BaseModel):
     stages: list[str] = Field(default_factory=lambda: ["critique", "sft"], description="Stages to run, in order.")
     critique: dict[str, Any] = Field(default_factory=dict, description="CritiqueConfig fields.")
     sft: dict[str, Any] = Field(default_factory=dict, description="SFTConfig fields.")
+    sample: dict[str, Any] = Field(default_factory=dict, description="SampleConfig fields (pairs from the SL model).")
+    label: dict[str, Any] = Field(default_factory=dict, description="LabelConfig fields (AI preference labels).")
+    rlcd: dict[str, Any] = Field(default_factory=dict, description="RLCDConfig fields (contrastive pairs).")
+    dpo: dict[str, Any] = Field(default_factory=dict, description="DPOConfig fields.")
+    rm: dict[str, Any] = Field(default_factory=dict, description="RewardConfig fields (reward model).")
+    online: dict[str, Any] = Field(default_factory=dict, description="OnlineConfig fields (GRPO).")
+    eval: dict[str, Any] = Field(default_factory=dict, description="EvalConfig fields (base vs trained models).")
+    report: dict[str, Any] = Field(default_factory=dict, description="(no fields) the HTML report.")
 
     @model_validator(mode="after")
     def _check_stages(self) -> RunConfig:

@@ -111,7 +111,117 @@ def stage_sft(s: Session) -> dict[str, Any]:
     return run_sft(scfg, s.run.file("sft.jsonl"), s.run.file("sft"), base)
 
 
-STAGE_FUNCS: dict[str, Callable[[Session], dict[str, Any]]] = {"critique": stage_critique, "sft": stage_sft}
+def sl_model(s: Session) -> str:
+    """The SL-CAI model (RUN/sft/model) when the SFT stage made it, else the policy."""
+    folder = s.run.file("sft/model")
+    return f"transformers/{folder.resolve()}" if (folder / "config.json").is_file() else s.cfg.policy.model
+
+
+def _role(s: Session, spec: str) -> CachedBackend:
+    return s.backend(s.cfg.policy.model_copy(update={"model": spec}))
+
+
+def stage_sample(s: Session) -> dict[str, Any]:
+    """K answers per prompt from the SL-CAI model: samples.jsonl, pairs.jsonl."""
+    from charter.stages.sample import sample_stage
+
+    prompts, _ = load_run_prompts(s.cfg)
+    return sample_stage(s.cfg.stage("sample"), s.run, prompts, _role(s, sl_model(s)), s.quiet)
+
+
+def stage_label(s: Session) -> dict[str, Any]:
+    """AI preference labels from the feedback model: labels.jsonl, preferences.jsonl."""
+    from charter.constitution import load_constitution
+    from charter.stages.label import run_label
+
+    constitution = load_constitution(s.cfg.constitution)
+    summary = run_label(s.cfg.stage("label"), s.run, s.run.file("pairs.jsonl"), constitution,
+                        s.backend(s.cfg.feedback_model()), s.quiet)
+    for warning in summary.get("warnings", []):
+        s.log(f"[label] WARNING: {warning}")
+    return summary
+
+
+def stage_rlcd(s: Session) -> dict[str, Any]:
+    """Contrastive pairs labelled by construction: rlcd_samples.jsonl, rlcd_preferences.jsonl."""
+    from charter.constitution import load_constitution
+    from charter.stages.rlcd import rlcd_stage
+
+    prompts, _ = load_run_prompts(s.cfg)
+    return rlcd_stage(s.cfg.stage("rlcd"), s.run, prompts, load_constitution(s.cfg.constitution),
+                      _role(s, sl_model(s)), s.quiet)
+
+
+def _preferences(s: Session) -> Path:
+    """preferences.jsonl (judge labels) when the label stage ran, else rlcd_preferences.jsonl."""
+    judged = s.run.file("preferences.jsonl")
+    return judged if judged.exists() or not s.run.file("rlcd_preferences.jsonl").exists() else \
+        s.run.file("rlcd_preferences.jsonl")
+
+
+def stage_dpo(s: Session) -> dict[str, Any]:
+    """DPO from the SL-CAI model on the preferences: dpo/model."""
+    from charter.train.dpo import run_dpo
+
+    cfg = s.cfg.stage("dpo")
+    return run_dpo(cfg, _preferences(s), s.run.file("dpo"), getattr(cfg, "base_model", None) or sl_model(s))
+
+
+def stage_rm(s: Session) -> dict[str, Any]:
+    """A reward model on the preferences: rm/model."""
+    from charter.train.reward import run_reward
+
+    cfg = s.cfg.stage("rm")
+    return run_reward(cfg, _preferences(s), s.run.file("rm"), getattr(cfg, "base_model", None) or sl_model(s))
+
+
+def stage_online(s: Session) -> dict[str, Any]:
+    """GRPO from the SL-CAI model with the reward model (or the feedback model) as reward: online/model."""
+    from charter.backends import load_backend
+    from charter.train.online import train_online
+
+    cfg = s.cfg.stage("online")
+    prompts, _ = load_run_prompts(s.cfg)
+    feedback = None
+    if cfg.reward == "feedback":
+        fb = s.cfg.feedback_model()
+        feedback = load_backend(fb.model, fb.options())
+    rm = Path(cfg.reward_model) if cfg.reward_model else s.run.file("rm/model")
+    return train_online(cfg, prompts, s.run.file("online"), cfg.base_model or sl_model(s), rm, feedback)
+
+
+def trained_models(s: Session) -> dict[str, str]:
+    """base, then whichever of the SL-CAI / RL-CAI models this run made."""
+    models = {"base": s.cfg.policy.model}
+    for name, folder in (("sl", "sft/model"), ("rl-dpo", "dpo/model"), ("rl-online", "online/model")):
+        if (s.run.file(folder) / "config.json").is_file():
+            models[name] = f"transformers/{s.run.file(folder).resolve()}"
+    return models
+
+
+def stage_eval(s: Session) -> dict[str, Any]:
+    """Base vs the trained models: harm, refusals, Elo; eval/summary.json."""
+    from charter.evaluation.run_eval import run_eval
+
+    cfg = s.cfg.stage("eval")
+    if "judges" not in s.cfg.eval:
+        cfg = cfg.model_copy(update={"judges": [s.cfg.feedback_model().model]})
+    summary = run_eval(cfg, s.run, trained_models(s), s.quiet)
+    return {"models": list(trained_models(s)), "summary": str(s.run.file("eval/summary.json")),
+            "failures": len(summary.get("failures", []))}
+
+
+def stage_report(s: Session) -> dict[str, Any]:
+    """The self-contained HTML report: report.html."""
+    from charter.report.report import build_report
+
+    return {"report": str(build_report(s.run.path))}
+
+
+STAGE_FUNCS: dict[str, Callable[[Session], dict[str, Any]]] = {
+    "critique": stage_critique, "sft": stage_sft, "sample": stage_sample, "label": stage_label, "rlcd": stage_rlcd,
+    "dpo": stage_dpo, "rm": stage_rm, "online": stage_online, "eval": stage_eval, "report": stage_report,
+}
 
 
 def check_models(cfg: RunConfig) -> None:
@@ -177,7 +287,9 @@ def format_transcripts(run: RunDir, n: int = 3, width: int = 100) -> str:
 def describe_run(run: RunDir) -> str:
     """Where the run is and what it holds."""
     lines = [f"run folder: {Path(run.path).resolve()}"]
-    for name in ("config.yaml", "manifest.json", "critiques.jsonl", "sft.jsonl", "sft/model"):
+    for name in ("config.yaml", "manifest.json", "critiques.jsonl", "sft.jsonl", "sft/model", "pairs.jsonl",
+                 "preferences.jsonl", "rlcd_preferences.jsonl", "dpo/model", "rm/model", "online/model",
+                 "eval/summary.json", "report.html"):
         if run.file(name).exists():
             lines.append(f"  {name}")
     return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""Pair sampling: K answers per prompt from the policy (the SL-CAI model by default), paired for labelling.
+
+Each answer is sampled with the configured temperature and its own seed (derived from the run seed, the prompt id
+and the sample index), so the K answers differ and a re-run reproduces them from the call cache. Answers that
+failed or came back empty are kept with their status but never paired; answers identical to an earlier one (after
+normalising case and whitespace) are not paired either, and both are counted in the summary. Every call goes
+through the run's call cache, so the stage resumes after a kill.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from itertools import combinations
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from charter.backends.base import GenParams, GenRequest, Message
+from charter.progress import ProgressPrinter
+from charter.records import AnswerPair, Prompt, Sample, short_hash, write_jsonl
+from charter.store import CachedBackend, RunDir
+
+
+class SampleConfig(BaseModel):
+    """Settings of the pair-sampling stage (the policy model is a model role, configured separately)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(default=2, ge=2, description="Answers sampled per prompt (K >= 2).")
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature (must be > 0 to get K answers).")
+    top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(default=128, ge=1, description="Longest answer in tokens.")
+    max_pairs_per_prompt: int | None = Field(default=None, ge=1,
+                                             description="Keep at most this many of the K*(K-1)/2 pairs per prompt.")
+    system_prompt: str | None = Field(default=None, description="System prompt put before every prompt (None = none).")
+    seed: int = Field(default=0, description="Run seed; each answer's seed is derived from it, the prompt and k.")
+
+
+def sample_seed(seed: int, prompt_id: str, index: int) -> int:
+    """The sampling seed of answer ``index`` of a prompt: different for every sample, reproducible."""
+    return int(short_hash(seed, prompt_id, index, n=8), 16)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _messages(cfg: SampleConfig, prompt: Prompt) -> list[Message]:
+    system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
+    return [*system, *prompt.messages()]
+
+
+def make_pairs(samples: Sequence[Sample], max_pairs: int | None = None) -> tuple[list[AnswerPair], Counter[str]]:
+    """Pair the usable, distinct answers of each prompt; returns the pairs and counts of what was not paired."""
+    by_prompt: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_prompt.setdefault(s.prompt.id, []).append(s)
+    pairs: list[AnswerPair] = []
+    unpaired: Counter[str] = Counter()
+    for group in by_prompt.values():
+        seen: set[str] = set()
+        distinct: list[Sample] = []
+        for s in sorted(group, key=lambda x: x.index):
+            if s.status != "ok":
+                unpaired[f"answer_{s.status}"] += 1
+            elif _norm(s.text) in seen:
+                unpaired["identical_answer"] += 1
+            else:
+                seen.add(_norm(s.text))
+                distinct.append(s)
+        combos = list(combinations(distinct, 2))[:max_pairs]
+        if not combos:
+            unpaired["prompt_without_pair"] += 1
+        for a, b in combos:
+            pairs.append(AnswerPair(id=f"pair-{short_hash(a.id, b.id)}", parent_id=a.prompt.id, prompt=a.prompt,
+                                    a=a.text, b=b.text, a_id=a.id, b_id=b.id, model=a.model))
+    return pairs, unpaired
+
+
+def run_sample(cfg: SampleConfig, prompts: Sequence[Prompt], policy: CachedBackend,
+               quiet: bool = False) -> tuple[list[Sample], list[AnswerPair], dict[str, Any]]:
+    """Sample ``cfg.k`` answers per prompt and pair them; returns samples, pairs and a summary with counts."""
+    thash = short_hash(cfg.system_prompt or "", n=12) if cfg.system_prompt else ""
+    jobs = [(p, k, sample_seed(cfg.seed, p.id, k)) for p in prompts for k in range(cfg.k)]
+    reqs = [GenRequest.of(_messages(cfg, p), GenParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                                       top_p=cfg.top_p, seed=seed)) for p, _, seed in jobs]
+    gens = policy.generate(reqs, progress=ProgressPrinter("sample", "answers", quiet=quiet))
+    samples = []
+    for (p, k, seed), g in zip(jobs, gens, strict=True):
+        text = g.text.strip()
+        status = "error" if g.finish_reason == "error" else ("empty" if not text else "ok")
+        samples.append(Sample(id=f"a-{short_hash(p.id, k, seed, policy.spec, cfg.temperature, cfg.max_new_tokens)}",
+                              parent_id=p.id, prompt=p, index=k, seed=seed, temperature=cfg.temperature,
+                              model=policy.spec, template_hash=thash, text=text, finish_reason=g.finish_reason,
+                              status=status))
+    pairs, unpaired = make_pairs(samples, cfg.max_pairs_per_prompt)
+    summary: dict[str, Any] = {
+        "prompts": len(prompts), "samples": len(samples), "pairs": len(pairs), "model": policy.spec,
+        "samples_by_status": dict(sorted(Counter(s.status for s in samples).items())),
+        "cut_at_length": sum(s.finish_reason == "length" for s in samples),
+        "not_paired": dict(sorted(unpaired.items())),
+    }
+    return samples, pairs, summary
+
+
+def sample_stage(cfg: SampleConfig, run: RunDir, prompts: Sequence[Prompt], policy: CachedBackend,
+                 quiet: bool = False) -> dict[str, Any]:
+    """The sampling stage over a run folder: writes ``samples.jsonl`` and ``pairs.jsonl``; returns the summary."""
+    samples, pairs, summary = run_sample(cfg, prompts, policy, quiet)
+    write_jsonl(run.file("samples.jsonl"), samples)
+    write_jsonl(run.file("pairs.jsonl"), pairs)
+    return summary

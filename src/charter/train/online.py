@@ -1,0 +1,161 @@
+"""Online RL with TRL's GRPOTrainer: the policy samples answers to red-team prompts and learns from a reward.
+
+The reward is either the trained reward model (``reward="rm"``, a folder from ``charter rm``) or the feedback model
+itself (``reward="feedback"``): it answers a yes/no multiple choice about each answer ("helpful, honest and harmless,
+without needless refusal?", template ``label_single.jinja``) and the reward is P(yes) read from its option
+log-probabilities, so any backend that can label can also reward. A reading that fails gives no reward (NaN, which
+GRPO ignores) rather than a made-up 0.5, and is counted. GRPO (not RLOO) because it accepts a reward model object
+directly and its group-relative advantage needs no value model — the cheapest online method that runs on CPU here.
+LoRA by default; saves ``OUT/adapter`` and a merged ``OUT/model`` that ``transformers//abs/OUT/model`` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from charter.backends.base import Backend, ScoreRequest
+from charter.errors import CharterError, ConfigError
+from charter.records import Prompt, short_hash
+from charter.templates import render
+from charter.train.dpo import DONE_FILE, already_done, lora_config, save_model
+from charter.train.sft import local_model_dir
+
+SINGLE_TEMPLATE = "label_single.jinja"
+
+
+class OnlineConfig(BaseModel):
+    """Settings of the online RL stage (GRPO); ``training_args`` passes anything else to TRL's GRPOConfig."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str | None = Field(default=None, description="'transformers/...' spec to train; None = the SL-CAI "
+                                                             "model (RUN/sft/model), else the policy.")
+    reward: Literal["rm", "feedback"] = Field(default="rm", description="'rm': the trained reward model; "
+                                                                        "'feedback': P(yes) from the feedback model.")
+    reward_model: str | None = Field(default=None, description="Reward model folder (None = RUN/rm/model).")
+    answer_prefix: str = Field(default="The answer is: (", description="Assistant prefix of the feedback reward.")
+    num_generations: int = Field(default=4, ge=2, description="Answers sampled per prompt (the GRPO group).")
+    prompts_per_step: int = Field(default=1, ge=1, description="Prompts per optimizer step.")
+    max_completion_length: int = Field(default=48, ge=1, description="Longest sampled answer in tokens.")
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of the answers.")
+    beta: float = Field(default=0.04, ge=0, description="KL penalty towards the starting model (0 = none).")
+    max_prompts: int | None = Field(default=None, ge=1, description="Use at most this many prompts.")
+    lora: bool = Field(default=True, description="Train a LoRA adapter (False = full fine-tune).")
+    lora_r: int = Field(default=16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator.")
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on LoRA inputs.")
+    lora_target_modules: str | list[str] = Field(default="all-linear", description="Modules that get adapters.")
+    max_steps: int = Field(default=10, description="Optimizer steps (-1 = one pass over the prompts).")
+    learning_rate: float = Field(default=2e-5, gt=0, description="Peak learning rate.")
+    seed: int = Field(default=0, description="Training and sampling seed.")
+    threads: int = Field(default=0, description="torch threads (0 = torch's default).")
+    bf16: bool = Field(default=False, description="bf16 mixed precision (TRL turns it on by default; off here: "
+                                                  "fp32 is exact and learned better on CPU).")
+    gradient_checkpointing: bool = Field(default=False, description="Recompute activations in the backward pass "
+                                                                    "(saves memory, costs ~30% more compute).")
+    training_args: dict[str, Any] = Field(default_factory=dict, description="Extra TRL GRPOConfig arguments.")
+
+
+class FeedbackReward:
+    """A GRPO reward function: P(yes) from the feedback model's option log-probabilities for each answer."""
+
+    def __init__(self, backend: Backend, answer_prefix: str = "The answer is: (") -> None:
+        self.backend = backend
+        self.answer_prefix = answer_prefix
+        self.failed = 0
+        self.__name__ = "feedback_reward"
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **_: Any) -> list[float | None]:
+        reqs = []
+        for p, c in zip(prompts, completions, strict=True):
+            convo = [*p, *c] if isinstance(p, list) else [{"role": "user", "content": p},
+                                                          {"role": "assistant", "content": c}]
+            text = render(SINGLE_TEMPLATE, conversation=convo)
+            reqs.append(ScoreRequest.of([{"role": "user", "content": text}], ("A", "B"), self.answer_prefix))
+        out: list[float | None] = []
+        for s in self.backend.score_options(reqs):
+            probs = s.probs()
+            if s.error or "A" not in probs:
+                self.failed += 1
+                out.append(None)
+            else:
+                out.append(probs["A"])
+        return out
+
+
+def train_online(cfg: OnlineConfig, prompts: Sequence[Prompt], out_dir: Path, base_spec: str,
+                 reward_model: Path | None = None, feedback: Backend | None = None) -> dict[str, Any]:
+    """GRPO-train ``base_spec`` on ``prompts`` with the reward model in ``reward_model`` or the ``feedback`` backend;
+    writes ``out_dir/model`` (+ ``adapter``) and returns a summary with the reward before and after."""
+    if not prompts:
+        raise CharterError("no prompts for online RL", "give a prompt file or run `charter sample` first")
+    if cfg.reward == "rm" and (reward_model is None or not (reward_model / "config.json").is_file()):
+        raise ConfigError(f"no reward model at {reward_model}", "train one with `charter rm` or use reward=feedback")
+    if cfg.reward == "feedback" and feedback is None:
+        raise ConfigError("reward=feedback needs a feedback model",
+                          "pass --feedback MODEL (e.g. transformers/embedded)")
+    prompts = list(prompts)[: cfg.max_prompts]
+    base = local_model_dir(base_spec)
+    reward_id = str(reward_model) if cfg.reward == "rm" else getattr(feedback, "model_id", "")
+    fingerprint = short_hash(cfg.model_dump(mode="json"), [p.id for p in prompts], str(base), reward_id,
+                             (base / "config.json").stat().st_mtime)
+    if (done := already_done(out_dir, fingerprint)) is not None:
+        return done
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    reward_fn: Any
+    reward_tok = None
+    if cfg.reward == "rm":
+        assert reward_model is not None
+        reward_fn = AutoModelForSequenceClassification.from_pretrained(reward_model, dtype=torch.float32).eval()
+        reward_tok = AutoTokenizer.from_pretrained(reward_model)
+    else:
+        assert feedback is not None
+        reward_fn = FeedbackReward(feedback, cfg.answer_prefix)
+    batch = cfg.prompts_per_step * cfg.num_generations
+    work = out_dir / "trainer"
+    args = GRPOConfig(
+        output_dir=str(work), max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        num_train_epochs=1, learning_rate=cfg.learning_rate, per_device_train_batch_size=batch,
+        num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature, beta=cfg.beta, seed=cfg.seed, use_cpu=not torch.cuda.is_available(),
+        bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        **cfg.training_args,
+    )
+    dataset = Dataset.from_list([{"prompt": p.messages()} for p in prompts])
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=dataset,
+                          processing_class=tokenizer, reward_processing_classes=reward_tok,
+                          peft_config=lora_config(cfg, "CAUSAL_LM"))
+    start = time.monotonic()
+    result = trainer.train()
+    seconds = time.monotonic() - start
+    logs = [h for h in trainer.state.log_history if "reward" in h]
+    model_dir = save_model(trainer.model, tokenizer, out_dir, cfg.lora)
+    shutil.rmtree(work, ignore_errors=True)
+    summary = {
+        "fingerprint": fingerprint, "base": str(base), "prompts": len(prompts), "reward": cfg.reward,
+        "reward_source": reward_id, "steps": result.global_step, "seconds": round(seconds, 1),
+        "seconds_per_step": round(seconds / max(result.global_step, 1), 2),
+        "first_reward": logs[0]["reward"] if logs else None, "final_reward": logs[-1]["reward"] if logs else None,
+        "reward_failures": getattr(reward_fn, "failed", 0), "lora": cfg.lora, "model": str(model_dir),
+    }
+    (model_dir / DONE_FILE).write_text(json.dumps(summary, indent=2))
+    return summary
