@@ -129,9 +129,8 @@ def write_prompt_files(folder: Path) -> tuple[Path, Path]:
 def make_eval_run(folder: Path, judges: list[str], models: dict[str, str] | None = None,
                   **overrides: Any) -> tuple[RunDir, dict[str, Any]]:
     red, benign = write_prompt_files(folder)
-    cfg = EvalConfig(red_team=str(red), benign=str(benign), judges=judges, human_pairs=6,
-                     bootstrap_rounds=200,
-                     **overrides)
+    cfg = EvalConfig(red_team=str(red), benign=str(benign), judges=judges, bootstrap_rounds=200,
+                     **{"human_pairs": 6, **overrides})
     run = RunDir(folder / "run")
     models = models or {"base": "fake/base", "refuser": "fake/refuser", "sl": "fake/balanced"}
     return run, run_eval(cfg, run, models, quiet=True)
@@ -309,3 +308,11 @@ def test_principle_checks_are_skipped_when_harm_scores_do_not_discriminate(tmp_p
     assert any(f["stage"] == "principle checks" and "same score" in f["error"] for f in s["failures"])
     assert not [j for j in read_jsonl(run.path / "eval" / "eval.jsonl", Judgement) if j.kind == "principle"]
     assert any("do not discriminate" in w for w in s["judges"]["stuck/x"]["warnings"])
+
+
+def test_report_renders_when_no_human_labels_were_checked(tmp_path: Path, fakes: list[str]) -> None:
+    from charter.report.report import build_report
+
+    run, summary = make_eval_run(tmp_path, ["fake/judge"], human_pairs=0)
+    html = build_report(run.path).read_text()
+    assert "Judge honesty" in html or "judge" in html.lower()
