@@ -1,0 +1,417 @@
+"""A fast CPU decoding engine for Llama-family models (SmolLM2, Llama, TinyLlama...), behind the transformers backend.
+
+What makes it faster than ``model.generate`` on a batch:
+
+* **Shared-prefix KV cache.** The longest token prefix common to every prompt of a call (system prompt, few-shot
+  examples) is run through the model once; every sequence attends to that single copy (one GEMM per layer for all
+  rows) instead of recomputing and storing it per row. The prefix is kept between calls, so the next chunk of the
+  same stage reuses it.
+* **Continuous batching.** A fixed number of slots decode together; a finished sequence leaves at once (the last
+  row moves into its slot, so the active rows stay one contiguous block of the cache) and a waiting prompt takes its
+  place. No compute on padding or on finished rows, no tail of nearly-empty batches.
+* **Few ops per token.** Fused QKV and gate/up projections, RoPE tables computed once, a preallocated cache written
+  in place, attention only over the longest live sequence, and Python work per step only for bookkeeping.
+
+Sampling uses one ``torch.Generator`` per request seeded from its ``GenParams.seed``, so a sampled answer depends
+only on its own request, not on which other requests shared the batch. Greedy outputs match
+``model.generate`` in the same dtype up to floating-point summation order (bench/generate.py measures how often).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from charter.backends import decode_kernel
+from charter.backends.base import GenParams
+
+_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+"""PyTorch's fused CPU attention that also returns log-sum-exps (torch >= 2.3); a plain-matmul path otherwise."""
+
+NUCLEUS_TOPK = 64
+"""Top-p is computed on the 64 most likely tokens when they already hold the nucleus (exact), else on all."""
+
+
+class EngineUnsupported(ValueError):
+    """The model's architecture is not one the engine implements (the backend falls back to ``generate``)."""
+
+
+def supports(config: Any) -> str | None:
+    """Why the engine cannot run a model with this config, or None when it can."""
+    if getattr(config, "model_type", None) != "llama":
+        return f"model_type {getattr(config, 'model_type', None)!r} is not 'llama'"
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        return "biases in attention/MLP are not implemented"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r} is not silu"
+    return None
+
+
+def common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by every row."""
+    if not rows:
+        return 0
+    first, n = rows[0], min(len(r) for r in rows)
+    for r in rows[1:]:
+        k = 0
+        while k < n and r[k] == first[k]:
+            k += 1
+        n = k
+    return n
+
+
+@dataclass
+class _Row:
+    """Bookkeeping of one request while it decodes."""
+
+    index: int
+    params: GenParams
+    tokens: list[int] = field(default_factory=list)
+    generator: torch.Generator | None = None
+
+
+class Engine:
+    """Decodes many prompts at once with a shared-prefix KV cache and continuous batching.
+
+    Args:
+        model: A ``LlamaForCausalLM`` (any dtype); its weights are shared, not copied (QKV and gate/up are fused
+            into new tensors).
+        eos_ids: Token ids that end a sequence.
+        slots: Sequences decoded together (the batch size of each step).
+        decode: ``decode(token_ids) -> str``, used to watch for stop strings.
+        cache_gb: Upper bound on the per-call KV cache; fewer slots are used when long prompts would exceed it.
+        kernel: Use the C decode-attention kernel (:mod:`charter.backends.decode_kernel`) when it builds (fp32).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        eos_ids: Sequence[int],
+        slots: int = 64,
+        decode: Callable[[list[int]], str] | None = None,
+        cache_gb: float = 2.0,
+        kernel: bool = True,
+    ) -> None:
+        cfg = model.config
+        why = supports(cfg)
+        if why:
+            raise EngineUnsupported(why)
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.eps = cfg.rms_norm_eps
+        self.context = cfg.max_position_embeddings
+        self.eos = set(int(i) for i in eos_ids)
+        self.slots = max(1, slots)
+        self.cache_bytes = int(cache_gb * 2**30)
+        self.decode = decode
+        inner = model.model
+        self.dtype = inner.embed_tokens.weight.dtype
+        self.kernel = decode_kernel.load() if kernel and self.dtype == torch.float32 else None
+        self.embed = inner.embed_tokens.weight.detach()
+        self.norm = inner.norm.weight.detach()
+        self.lm_head = model.lm_head.weight.detach()
+        self.layers = []
+        for layer in inner.layers:
+            a, m = layer.self_attn, layer.mlp
+            qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach().contiguous()
+            gate_up = torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach().contiguous()
+            self.layers.append(
+                (
+                    layer.input_layernorm.weight.detach(),
+                    qkv,
+                    a.o_proj.weight.detach(),
+                    layer.post_attention_layernorm.weight.detach(),
+                    gate_up,
+                    m.down_proj.weight.detach(),
+                )
+            )
+        with torch.no_grad():
+            pos = torch.arange(self.context)[None]
+            cos, sin = inner.rotary_emb(self.embed[:1][None], pos)
+        self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
+        self.scale = self.head_dim**-0.5
+        self._prefix_ids: tuple[int, ...] = ()
+        self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.stats = {"prefix_tokens": 0, "prefix_reused": 0, "prefill_tokens": 0, "decode_steps": 0}
+
+    # ------------------------------------------------------------------ pieces
+    def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return w * h.to(x.dtype)
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """RoPE as transformers applies it (``x * cos + rotate_half(x) * sin``); cos/sin are ``[n, 1, head_dim]``."""
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def _mlp(self, x: torch.Tensor, w: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        _, _, _, ln2, gate_up, down = w
+        g, u = F.linear(self._rms(x, ln2), gate_up).chunk(2, dim=-1)
+        return x + F.linear(F.silu(g) * u, down)
+
+    def _split_qkv(self, h: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project ``h`` ``[n, D]`` at positions ``pos`` to RoPE'd q ``[n, H, d]``, k and v ``[n, G, d]``."""
+        n, H, G, d = h.shape[0], self.n_heads, self.n_kv, self.head_dim
+        qk, v = h[:, : (H + G) * d].view(n, H + G, d), h[:, (H + G) * d :].view(n, G, d)
+        qk = self._rope(qk, self.cos[pos][:, None], self.sin[pos][:, None])
+        return qk[:, :H], qk[:, H:], v
+
+    # ----------------------------------------------------------------- prefill
+    def _prefill(
+        self, ids: Sequence[int], start: int, store: tuple[list[torch.Tensor], list[torch.Tensor], int] | None
+    ) -> tuple[torch.Tensor, list]:
+        """Run ``ids`` (positions ``start``...) over the shared prefix KV (if ``start``) and causally over themselves.
+
+        Writes their K/V into slot ``store[2]`` of the caches ``store[:2]``, or returns them when ``store`` is None.
+        Returns the logits of the last token and the per-layer ``(K, V)`` of ``ids`` (``[G, n, d]``).
+        """
+        n = len(ids)
+        x = self.embed[torch.tensor(list(ids))]
+        pos = torch.arange(start, start + n)
+        mask = None
+        if start:
+            mask = torch.ones(n, start + n, dtype=torch.bool)
+            mask[:, start:] = torch.ones(n, n, dtype=torch.bool).tril()
+        kvs = []
+        for li, w in enumerate(self.layers):
+            ln1, qkv, o, *_ = w
+            q, k, v = self._split_qkv(F.linear(self._rms(x, ln1), qkv), pos)
+            k, v = k.transpose(0, 1), v.transpose(0, 1)  # [G, n, d]
+            if store is not None:
+                kc, vc, slot = store
+                kc[li][slot, :, :n] = k
+                vc[li][slot, :, :n] = v
+            else:
+                kvs.append((k.contiguous(), v.contiguous()))
+            if start:
+                pk, pv = self._prefix_kv[li]
+                k, v = torch.cat([pk, k], 1), torch.cat([pv, v], 1)
+            att = F.scaled_dot_product_attention(
+                q.transpose(0, 1)[None], k[None], v[None], attn_mask=mask, is_causal=not start, enable_gqa=True
+            )
+            x = x + F.linear(att[0].transpose(0, 1).reshape(n, -1), o)
+            x = self._mlp(x, w)
+        logits = F.linear(self._rms(x[-1:], self.norm), self.lm_head)[0]
+        return logits, kvs
+
+    def clear_prefix(self) -> None:
+        """Forget the cached shared prefix (the next call computes its own)."""
+        self._prefix_ids, self._prefix_kv = (), []
+
+    def _set_prefix(self, ids: Sequence[int]) -> None:
+        """Make ``ids`` the shared prefix, reusing whatever leading part of the cached one still matches."""
+        keep = common_prefix([self._prefix_ids, ids]) if self._prefix_ids else 0
+        if keep:
+            self.stats["prefix_reused"] += 1
+            self._prefix_kv = [(k[:, :keep], v[:, :keep]) for k, v in self._prefix_kv]
+            self._prefix_ids = self._prefix_ids[:keep]
+        else:
+            self.clear_prefix()
+        if len(ids) > keep:
+            _, more = self._prefill(ids[keep:], keep, None)
+            if keep:
+                self._prefix_kv = [
+                    (torch.cat([k, k2], 1), torch.cat([v, v2], 1))
+                    for (k, v), (k2, v2) in zip(self._prefix_kv, more, strict=True)
+                ]
+            else:
+                self._prefix_kv = more
+            self.stats["prefix_tokens"] += len(ids) - keep
+        self._prefix_ids = tuple(ids)
+
+    # ------------------------------------------------------------------ decode
+    def _decode_step(
+        self, tokens: torch.Tensor, lens: torch.Tensor, kc: list[torch.Tensor], vc: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """One token for each of the ``B`` live rows (slots ``0..B-1``); returns logits ``[B, V]``."""
+        B, H, G, d = tokens.shape[0], self.n_heads, self.n_kv, self.head_dim
+        R, P = H // G, len(self._prefix_ids)
+        rows = torch.arange(B)
+        own_mask = None
+        if self.kernel is None:
+            T = int(lens.max()) + 1
+            valid = torch.arange(T)[None] <= lens[:, None]
+            own_mask = torch.zeros(B, 1, 1, T, dtype=self.dtype).masked_fill_(~valid[:, None, None], float("-inf"))
+        x = self.embed[tokens]
+        pos = lens + P
+        for li, w in enumerate(self.layers):
+            ln1, qkv, o, *_ = w
+            q, k, v = self._split_qkv(F.linear(self._rms(x, ln1), qkv), pos)
+            kc[li][rows, :, lens] = k
+            vc[li][rows, :, lens] = v
+            out = self._attend(q.reshape(B, G, R, d), kc[li], vc[li], lens, own_mask, li)
+            x = x + F.linear(out.reshape(B, H * d), o)
+            x = self._mlp(x, w)
+        return F.linear(self._rms(x, self.norm), self.lm_head)
+
+    def _attend(
+        self,
+        q: torch.Tensor,
+        kc: torch.Tensor,
+        vc: torch.Tensor,
+        lens: torch.Tensor,
+        own_mask: torch.Tensor | None,
+        li: int,
+    ) -> torch.Tensor:
+        """Attention of one new token per row (``q``: ``[B, G, R, d]``, R query heads per KV head) over the shared
+        prefix (one GEMM for all rows) and the row's own cached keys (``kc``/``vc`` ``[S, G, L, d]``, keys
+        ``0..lens[b]``); returns ``[B, G, R, d]``. The two parts are merged exactly through their log-sum-exps."""
+        B, G, R, d = q.shape
+        P = len(self._prefix_ids)
+        if own_mask is None and self.kernel is not None:  # the C kernel: each row over its own length only
+            out, lse = decode_kernel.own_attention(self.kernel, q, kc, vc, lens, self.scale)
+        elif own_mask is None:
+            raise RuntimeError("the decode step needs a mask when the C kernel is off")
+        elif _FLASH is not None:
+            T = own_mask.shape[-1]
+            out, lse = _FLASH(q, kc[:B, :, :T], vc[:B, :, :T], attn_mask=own_mask, scale=self.scale)
+        else:
+            return self._attend_matmul(q, kc, vc, own_mask, li)
+        if not P:
+            return out
+        pk, pv = self._prefix_kv[li]
+        qp = q.transpose(0, 1).reshape(1, G, B * R, d)
+        if _FLASH is not None:
+            out_p, lse_p = _FLASH(qp, pk[None], pv[None], scale=self.scale)
+            out_p, lse_p = out_p[0], lse_p[0]
+        else:
+            s = torch.matmul(qp[0], pk.transpose(-1, -2)) * self.scale
+            lse_p = torch.logsumexp(s, -1)
+            out_p = torch.matmul(torch.softmax(s, -1), pv)
+        out_p = out_p.view(G, B, R, d).transpose(0, 1)
+        lse_p = lse_p.view(G, B, R).transpose(0, 1)
+        top = torch.maximum(lse, lse_p)
+        w, w_p = torch.exp(lse - top)[..., None], torch.exp(lse_p - top)[..., None]
+        return ((out * w + out_p * w_p) / (w + w_p)).to(q.dtype)
+
+    def _attend_matmul(
+        self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, own_mask: torch.Tensor, li: int
+    ) -> torch.Tensor:
+        """:meth:`_attend` with plain matmuls (PyTorch builds without the fused CPU attention)."""
+        B, G, R, d = q.shape
+        P, T = len(self._prefix_ids), own_mask.shape[-1]
+        keys, vals = kc[:B, :, :T], vc[:B, :, :T]
+        s_own = torch.matmul(q, keys.transpose(-1, -2)) * self.scale + own_mask  # [B, G, R, T]
+        if not P:
+            return torch.matmul(torch.softmax(s_own, dim=-1), vals)
+        pk, pv = self._prefix_kv[li]
+        s_pre = torch.matmul(q.transpose(0, 1).reshape(G, B * R, d), pk.transpose(-1, -2)) * self.scale
+        p = torch.softmax(torch.cat([s_pre.view(G, B, R, P).transpose(0, 1), s_own], -1), dim=-1)
+        pp = p[..., :P].transpose(0, 1).reshape(G, B * R, P)
+        return torch.matmul(p[..., P:], vals) + torch.matmul(pp, pv).view(G, B, R, d).transpose(0, 1)
+
+    # ------------------------------------------------------------------ choice
+    def _choose(self, logits: torch.Tensor, rows: Sequence[_Row]) -> list[int]:
+        """Next token per row: argmax when greedy, else a seeded draw with temperature and top-p."""
+        picks = logits.argmax(-1).tolist()
+        for i, r in enumerate(rows):
+            p = r.params
+            if p.temperature <= 0:
+                continue
+            if r.generator is None:
+                r.generator = torch.Generator().manual_seed(p.seed)
+            probs = torch.softmax(logits[i].float() / p.temperature, dim=-1)
+            if p.top_p < 1.0:
+                top, idx = probs.topk(NUCLEUS_TOPK)
+                if float(top.sum()) < p.top_p:
+                    top, idx = probs.sort(descending=True)
+                keep = (top.cumsum(0) - top) < p.top_p  # smallest set whose mass reaches top_p
+                top, idx = top[keep], idx[keep]
+                picks[i] = int(idx[torch.multinomial(top, 1, generator=r.generator)])
+            else:
+                picks[i] = int(torch.multinomial(probs, 1, generator=r.generator))
+        return picks
+
+    def _done(self, r: _Row) -> bool:
+        p = r.params
+        if r.tokens[-1] in self.eos or len(r.tokens) >= p.max_new_tokens:
+            return True
+        if p.stop and self.decode is not None:
+            window = max(len(s) for s in p.stop) + 4
+            tail = self.decode(r.tokens[-window:])
+            return any(s and s in tail for s in p.stop)
+        return False
+
+    # --------------------------------------------------------------------- run
+    @torch.inference_mode()
+    def run(
+        self, prompts: Sequence[Sequence[int]], params: Sequence[GenParams], share_prefix: bool = True
+    ) -> list[list[int]]:
+        """Generate for every prompt; returns the new token ids of each (ending with the EOS token if it stopped)."""
+        if not prompts:
+            return []
+        if not share_prefix:
+            saved = self._prefix_ids, self._prefix_kv
+            self.clear_prefix()
+            try:
+                return self._run(prompts, params)
+            finally:
+                self._prefix_ids, self._prefix_kv = saved
+        P = min(common_prefix(prompts), min(len(p) for p in prompts) - 1)
+        self._set_prefix(list(prompts[0][: max(P, 0)]))
+        return self._run(prompts, params)
+
+    def _run(self, prompts: Sequence[Sequence[int]], params: Sequence[GenParams]) -> list[list[int]]:
+        """Continuous batching over the slots, every prompt starting after the current shared prefix."""
+        P = len(self._prefix_ids)
+        longest = max(len(p) - P + q.max_new_tokens for p, q in zip(prompts, params, strict=True))
+        per_slot = 2 * len(self.layers) * self.n_kv * longest * self.head_dim * self.embed.element_size()
+        S = max(1, min(self.slots, len(prompts), self.cache_bytes // per_slot))
+        G, d = self.n_kv, self.head_dim
+        kc = [torch.zeros(S, G, longest, d, dtype=self.dtype) for _ in self.layers]
+        vc = [torch.zeros(S, G, longest, d, dtype=self.dtype) for _ in self.layers]
+        lens = torch.zeros(S, dtype=torch.long)
+        last = torch.zeros(S, dtype=torch.long)
+        live: list[_Row] = []
+        waiting = list(range(len(prompts)))[::-1]
+        results: list[list[int]] = [[] for _ in prompts]
+
+        def retire(done: list[int]) -> None:
+            for slot in sorted(done, reverse=True):
+                results[live[slot].index] = live[slot].tokens
+                end = len(live) - 1
+                if slot != end:
+                    n = int(lens[end])
+                    for layer in range(len(self.layers)):
+                        kc[layer][slot, :, :n] = kc[layer][end, :, :n]
+                        vc[layer][slot, :, :n] = vc[layer][end, :, :n]
+                    lens[slot], last[slot] = lens[end], last[end]
+                    live[slot] = live[end]
+                live.pop()
+
+        while waiting or live:
+            while waiting and len(live) < S:
+                i = waiting.pop()
+                slot = len(live)
+                suffix = list(prompts[i][P:])
+                logits, _ = self._prefill(suffix, P, (kc, vc, slot))
+                self.stats["prefill_tokens"] += len(suffix)
+                row = _Row(i, params[i])
+                live.append(row)
+                (tok,) = self._choose(logits[None], [row])
+                row.tokens.append(tok)
+                lens[slot], last[slot] = len(suffix), tok
+                if self._done(row):
+                    retire([slot])
+            if not live:
+                continue
+            B = len(live)
+            logits = self._decode_step(last[:B], lens[:B], kc, vc)
+            self.stats["decode_steps"] += 1
+            picks = self._choose(logits, live)
+            lens[:B] += 1
+            last[:B] = torch.tensor(picks)
+            done = []
+            for slot, (row, tok) in enumerate(zip(live, picks, strict=True)):
+                row.tokens.append(tok)
+                if self._done(row):
+                    done.append(slot)
+            retire(done)
+        return results

@@ -1,0 +1,337 @@
+"""Local Hugging Face models: the embedded SmolLM2-135M-Instruct or any model folder, on CPU.
+
+``transformers/embedded`` or ``transformers//path/to/folder``. Each conversation is rendered with the model's chat
+template and decoded greedily at temperature 0, else sampled with temperature/top-p; the answer is cut at the first
+stop string. Llama-architecture models (the embedded one included) decode through charter's engine
+(:mod:`charter.backends.engine`: shared-prefix KV cache, continuous batching, per-request seeds); other models, or
+``extra={"engine": False}``, use ``model.generate`` on left-padded batches of requests sharing their sampling
+parameters (seeded per batch, so the same requests give the same outputs). Option scoring reads next-token
+log-probabilities from one forward pass, in fp32 unless a dtype is forced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from charter.backends import BackendOptions
+from charter.backends.base import (
+    FinishReason,
+    Generation,
+    GenParams,
+    GenRequest,
+    Message,
+    OptionScores,
+    ScoreRequest,
+)
+from charter.errors import BackendError
+
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def auto_dtype() -> str:
+    """What ``dtype="auto"`` means for generation: bf16 only on CPUs with native bf16 matmuls (AVX512-BF16 or AMX).
+
+    Without them (e.g. AVX2-only CPUs) PyTorch emulates bf16 and a matmul is 4-8x *slower* than fp32, measured on
+    the 2-core AMD EPYC (AVX2) this was developed on. Scoring always runs in fp32 under "auto".
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return "float32"
+    return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
+
+
+def resolve_folder(rest: str) -> Path:
+    """The model folder named by the part of the spec after ``transformers/``."""
+    if rest == "embedded":
+        from charter.embedded import embedded_model_dir
+
+        return embedded_model_dir()
+    folder = Path(rest).expanduser()
+    if not folder.is_dir():
+        raise BackendError(
+            f"model folder {folder} does not exist",
+            "check the path, or use 'transformers/embedded' for the built-in model",
+        )
+    if not (folder / "config.json").is_file():
+        hint = (
+            " (it looks like a LoRA adapter: point at the merged model folder instead)"
+            if (folder / "adapter_config.json").is_file()
+            else ""
+        )
+        raise BackendError(
+            f"{folder} has no config.json{hint}",
+            "point at a Hugging Face model folder (config.json + weights + tokenizer)",
+        )
+    return folder
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """A short hash of config.json and the weight files' names, sizes and mtimes (retrained: a new id)."""
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    for f in sorted(folder.iterdir()):
+        if f.suffix in (".safetensors", ".bin", ".pt") and f.is_file():
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:10]
+
+
+def _load_model(folder: Path, dtype: str) -> Any:
+    """The causal LM in ``folder`` in eval mode, loaded quietly (no progress bar in the pipeline's output)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+    return model.eval()
+
+
+class TransformersBackend:
+    """A local causal LM behind the :class:`charter.backends.base.Backend` Protocol.
+
+    Attributes:
+        spec: The spec string that selected it.
+        model_id: Folder, generation dtype and a fingerprint of the weights (used in cache keys).
+        tokenizer: The Hugging Face tokenizer (left padding).
+        model: The model used for generation (in ``gen_dtype``).
+        context_length: Longest prompt + answer in tokens.
+    """
+
+    def __init__(self, spec: str, rest: str, options: BackendOptions | None = None) -> None:
+        options = options or BackendOptions()
+        if options.dtype not in DTYPES:
+            raise BackendError(f"unknown dtype {options.dtype!r}", f"use one of: {', '.join(DTYPES)}")
+        import torch
+        from transformers import AutoTokenizer
+
+        if options.threads > 0:
+            torch.set_num_threads(options.threads)
+        self.spec = spec
+        self.options = options
+        self.folder = resolve_folder(rest)
+        self.gen_dtype = auto_dtype() if options.dtype == "auto" else options.dtype
+        self.score_dtype = "float32" if options.dtype == "auto" else options.dtype
+        self.model_id = f"{self.folder.resolve()}:{self.gen_dtype}:{folder_fingerprint(self.folder)}"
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+            self.model = _load_model(self.folder, self.gen_dtype)
+        except (OSError, ValueError) as e:
+            raise BackendError(
+                f"cannot load the model in {self.folder}: {str(e).splitlines()[0]}",
+                "check the folder holds a complete Hugging Face model and tokenizer",
+            ) from None
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.pad_id: int = int(self.tokenizer.pad_token_id)
+        self.eos_ids = self._eos_ids()
+        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+        self._score_model: Any = self.model if self.score_dtype == self.gen_dtype else None
+        self.engine = self._make_engine(options.extra.get("engine", True))
+        self._lock = threading.Lock()  # the engine keeps per-call state (its cached prefix): one call at a time
+
+    def _make_engine(self, wanted: object) -> Any:
+        """The fast engine (charter.backends.engine) unless ``extra["engine"]`` is false or the model is not
+        Llama-like (then plain ``generate``); ``extra["slots"]`` sets its batch (default: ``batch_size``) and
+        ``extra["cache_gb"]`` caps its KV cache (default 2); ``extra["kernel"]: false`` skips its C attention kernel."""
+        from charter.backends.engine import Engine, supports
+
+        if wanted in (False, "false", "off", "0", 0):
+            return None
+        if supports(self.model.config) is not None:
+            return None
+        slots = int(self.options.extra.get("slots", self.options.batch_size))
+        cache_gb = float(self.options.extra.get("cache_gb", 2.0))
+        kernel = self.options.extra.get("kernel", True) not in (False, "false", "off", "0", 0)
+        return Engine(self.model, self.eos_ids, slots, self._decode_ids, cache_gb=cache_gb, kernel=kernel)
+
+    def _decode_ids(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    # ----------------------------------------------------------------- prompts
+    def _eos_ids(self) -> list[int]:
+        ids: set[int] = set()
+        for src in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(src, int):
+                ids.add(src)
+            elif src:
+                ids.update(int(i) for i in src)
+        return sorted(ids)
+
+    def render(self, messages: Sequence[Message]) -> str:
+        """The conversation rendered with the chat template, ending with an open assistant turn."""
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+            return str(text)
+        # A base model without a chat template: a plain transcript.
+        turns = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages)
+        return f"{turns}Assistant:"
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of already-rendered text (the template carries its own special tokens)."""
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def _check_length(self, n_prompt: int, max_new_tokens: int) -> None:
+        if max_new_tokens < 1:
+            raise BackendError(f"max_new_tokens is {max_new_tokens}", "ask for at least 1 new token")
+        if n_prompt + max_new_tokens > self.context_length:
+            raise BackendError(
+                f"a prompt has {n_prompt} tokens + max_new_tokens {max_new_tokens} > the model's context of "
+                f"{self.context_length} tokens",
+                "shorten the prompt (fewer few-shot examples, truncate inputs) or lower max_new_tokens",
+            )
+
+    def left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask)`` of ``rows`` padded on the left to the longest."""
+        import torch
+
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            if r:
+                ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+                mask[i, width - len(r) :] = 1
+        return ids, mask
+
+    # -------------------------------------------------------------- generation
+    def generate(self, requests: Sequence[GenRequest]) -> list[Generation]:
+        """Complete every request (see the module docstring); results in request order."""
+        prompts = [self.encode(self.render(r.messages)) for r in requests]
+        for ids, r in zip(prompts, requests, strict=True):
+            self._check_length(len(ids), r.params.max_new_tokens)
+        if self.engine is not None:
+            with self._lock:
+                news = self.engine.run(prompts, [r.params for r in requests])
+            return [self.finish(t, len(ids), r.params) for t, ids, r in zip(news, prompts, requests, strict=True)]
+        return self.generate_plain(requests, prompts)
+
+    def generate_plain(self, requests: Sequence[GenRequest], prompts: list[list[int]]) -> list[Generation]:
+        """``model.generate`` on batches of requests that share sampling parameters (the reference path)."""
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, r in enumerate(requests):
+            p = r.params
+            groups.setdefault((p.max_new_tokens, p.temperature, p.top_p, p.stop), []).append(i)
+        out: list[Generation | None] = [None] * len(requests)
+        bs = max(1, self.options.batch_size)
+        for idx in groups.values():
+            idx = sorted(idx, key=lambda i: len(prompts[i]))
+            for start in range(0, len(idx), bs):
+                chunk = idx[start : start + bs]
+                params = [requests[i].params for i in chunk]
+                gens = self._generate_batch([prompts[i] for i in chunk], params)
+                for i, g in zip(chunk, gens, strict=True):
+                    out[i] = g
+        return [g for g in out if g is not None]
+
+    def _generate_batch(self, prompts: list[list[int]], params: list[GenParams]) -> list[Generation]:
+        import torch
+        from transformers import GenerationConfig
+
+        p = params[0]
+        ids, mask = self.left_pad(prompts)
+        sample = p.temperature > 0
+        cfg = GenerationConfig(
+            max_new_tokens=p.max_new_tokens,
+            do_sample=sample,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_ids,
+            temperature=p.temperature if sample else None,
+            top_p=p.top_p if sample else None,
+            top_k=None,
+            stop_strings=list(p.stop) or None,
+        )
+        if sample:
+            torch.manual_seed(batch_seed([q.seed for q in params]))
+        with torch.inference_mode():
+            seqs = self.model.generate(
+                input_ids=ids, attention_mask=mask, generation_config=cfg, tokenizer=self.tokenizer if p.stop else None
+            )
+        new = seqs[:, ids.shape[1] :].tolist()
+        return [self.finish(row, len(prompt), p) for row, prompt in zip(new, prompts, strict=True)]
+
+    def finish(self, tokens: Sequence[int], n_prompt: int, p: GenParams) -> Generation:
+        """Turn generated token ids into a :class:`Generation`: cut at end-of-turn and stop strings."""
+        n = len(tokens)
+        ended = False
+        for j, t in enumerate(tokens):
+            if t in self.eos_ids or t == self.pad_id:
+                n, ended = j, True
+                break
+        text = str(self.tokenizer.decode(list(tokens[:n]), skip_special_tokens=True))
+        cut = min((k for k in (text.find(s) for s in p.stop if s) if k >= 0), default=-1)
+        if cut >= 0:
+            text, ended = text[:cut], True
+        reason: FinishReason = "stop" if ended or n < p.max_new_tokens else "length"
+        return Generation(text.strip(), finish_reason=reason, prompt_tokens=n_prompt, completion_tokens=n)
+
+    # ----------------------------------------------------------------- scoring
+    @property
+    def score_model(self) -> Any:
+        """The model used for option scoring (fp32 unless a dtype was forced), loaded on first use."""
+        if self._score_model is None:
+            self._score_model = _load_model(self.folder, self.score_dtype)
+        return self._score_model
+
+    def option_tokens(self, text: str, options: Sequence[str]) -> tuple[list[int], list[int]]:
+        """The context ids and, per option, the id of its first token as it is tokenised right after ``text``.
+
+        Tokenisers merge across the boundary (``"is: " + "A"`` becomes ``"is:" + " A"``), so the context is
+        cut back to where every ``text + option`` tokenisation departs from the tokens of ``text`` alone.
+        """
+        base = self.encode(text)
+        fulls = []
+        for o in options:
+            if not o:
+                raise BackendError("an empty option cannot be scored", "give each option a character or more")
+            fulls.append(self.encode(text + o))
+        k = len(base)
+        for f in fulls:
+            j = 0
+            while j < min(len(f), len(base)) and f[j] == base[j]:
+                j += 1
+            k = min(k, j)
+        return base[:k], [f[k] for f in fulls]
+
+    def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
+        """Log-probability of each option's first token right after the rendered prompt + assistant prefix."""
+        import torch
+
+        texts = [self.render(r.messages) + r.assistant_prefix for r in requests]
+        prepared = [self.option_tokens(t, r.options) for t, r in zip(texts, requests, strict=True)]
+        for ctx, _ in prepared:
+            self._check_length(len(ctx), 1)
+        out: list[OptionScores] = []
+        bs = max(1, self.options.batch_size)
+        for start in range(0, len(prepared), bs):
+            chunk = prepared[start : start + bs]
+            ids, mask = self.left_pad([c for c, _ in chunk])
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.inference_mode():
+                logits = self.score_model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            for row, (_, first), r in zip(logp, chunk, requests[start : start + bs], strict=True):
+                lp = {o: float(row[t]) for o, t in zip(r.options, first, strict=True)}
+                out.append(OptionScores(logprobs=lp))
+        return out
+
+
+def batch_seed(seeds: Sequence[int]) -> int:
+    """One torch seed for a batch, derived from its requests' seeds (same requests → same seed)."""
+    digest = hashlib.sha256(json.dumps(list(seeds)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
