@@ -41,7 +41,7 @@ class Session:
 
                 inner = wrap_with_ray(mc.model, mc.options(), self.ray_address)
             else:
-                inner = load_backend(mc.model, mc.options())
+                inner = load_backend(mc.model, mc.options(), lazy=True)
             self._backends[key] = CachedBackend(inner, self.run.cache, batch_size=mc.batch_size)
         return self._backends[key]
 

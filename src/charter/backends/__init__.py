@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from charter.backends.base import Backend
+from collections.abc import Sequence
+
+from charter.backends.base import Backend, Generation, GenRequest, OptionScores, ScoreRequest
 from charter.errors import BackendError
 
 PROVIDERS = ("transformers", "openai", "mock", "vllm")
@@ -61,10 +63,50 @@ def split_spec(spec: str) -> tuple[str, str]:
     return provider, rest
 
 
-def load_backend(spec: str, options: BackendOptions | None = None) -> Backend:
-    """Build the backend named by ``spec``; heavy libraries are imported only here, on demand."""
+class LazyBackend:
+    """A local backend whose weights load on its first real call: a fully cached re-run never loads the model.
+
+    Its ``model_id`` (the cache identity) is computed up front from the model folder without loading it, and
+    checked against the loaded backend's own id.
+    """
+
+    def __init__(self, spec: str, options: BackendOptions, model_id: str) -> None:
+        self.spec = spec
+        self.model_id = model_id
+        self.options = options
+        self._inner: Backend | None = None
+
+    @property
+    def inner(self) -> Backend:
+        """The real backend, loaded on first use."""
+        if self._inner is None:
+            self._inner = load_backend(self.spec, self.options)
+            if self._inner.model_id != self.model_id:
+                raise BackendError(f"model identity changed while loading {self.spec}",
+                                   "report this as a charter bug; delete the run's calls.sqlite to be safe")
+        return self._inner
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[Generation]:
+        """See :meth:`Backend.generate`."""
+        return self.inner.generate(requests)
+
+    def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
+        """See :meth:`Backend.score_options`."""
+        return self.inner.score_options(requests)
+
+
+def load_backend(spec: str, options: BackendOptions | None = None, lazy: bool = False) -> Backend:
+    """Build the backend named by ``spec``; heavy libraries are imported only here, on demand.
+
+    With ``lazy``, a ``transformers`` backend defers loading its weights until its first call (see
+    :class:`LazyBackend`); other providers are cheap to build and load at once.
+    """
     options = options or BackendOptions()
     provider, rest = split_spec(spec)
+    if lazy and provider == "transformers":
+        from charter.backends.transformers import model_identity
+
+        return LazyBackend(spec, options, model_identity(rest, options))
     if provider == "mock":
         from charter.backends.mock import MockBackend
 

@@ -101,6 +101,13 @@ def _load_model(folder: Path, dtype: str) -> Any:
     return model.eval()
 
 
+def model_identity(rest: str, options: BackendOptions) -> str:
+    """The cache identity of a model folder in the generation dtype, computed without loading the weights."""
+    folder = resolve_folder(rest)
+    gen_dtype = auto_dtype() if options.dtype == "auto" else options.dtype
+    return f"{folder.resolve()}:{gen_dtype}:{folder_fingerprint(folder)}"
+
+
 class TransformersBackend:
     """A local causal LM behind the :class:`charter.backends.base.Backend` Protocol.
 
@@ -126,7 +133,7 @@ class TransformersBackend:
         self.folder = resolve_folder(rest)
         self.gen_dtype = auto_dtype() if options.dtype == "auto" else options.dtype
         self.score_dtype = "float32" if options.dtype == "auto" else options.dtype
-        self.model_id = f"{self.folder.resolve()}:{self.gen_dtype}:{folder_fingerprint(self.folder)}"
+        self.model_id = model_identity(rest, options)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
             self.model = _load_model(self.folder, self.gen_dtype)
