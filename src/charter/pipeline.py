@@ -42,7 +42,8 @@ class Session:
                 inner = wrap_with_ray(mc.model, mc.options(), self.ray_address)
             else:
                 inner = load_backend(mc.model, mc.options(), lazy=True)
-            self._backends[key] = CachedBackend(inner, self.run.cache, batch_size=mc.batch_size)
+            # several engine batches per chunk, so the engine refills finished rows with waiting requests
+            self._backends[key] = CachedBackend(inner, self.run.cache, batch_size=4 * mc.batch_size)
         return self._backends[key]
 
     def log(self, text: str) -> None:
