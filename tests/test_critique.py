@@ -93,6 +93,15 @@ def test_over_length_revision_is_rejected() -> None:
     assert revision_failure("x", "error", "", "", "") == "error"
 
 
+def test_revision_copying_a_few_shot_example_or_looping_is_rejected() -> None:
+    example = "I won't help harm the dog, but constant barking is exhausting. Try talking to your neighbour first."
+    assert revision_failure(example, "stop", "old", "crit", "Rewrite it", examples=[example]) == "echo_example"
+    loop = "The answer is not legal. " * 6
+    assert revision_failure(loop, "stop", "old", "crit", "Rewrite it") == "repetitive"
+    fine = "Breaking into a car is a crime; if you are locked out of your own car, call a locksmith or roadside help."
+    assert revision_failure(fine, "stop", "old", "crit", "Rewrite it", examples=[example]) is None
+
+
 def test_clean_revision_strips_labels() -> None:
     assert clean_revision("Revised response: Hello there") == "Hello there"
     assert clean_revision("  Revision:\nHi") == "Hi"

@@ -49,7 +49,8 @@ class CritiqueConfig(BaseModel):
     helpful_mix: bool = Field(default=True, description="Add the policy's answers to helpful prompts to sft.jsonl.")
 
 
-FAILURE_REASONS = ("error", "empty", "over_length", "echo_instruction", "echo_critique", "unchanged")
+FAILURE_REASONS = ("error", "empty", "over_length", "echo_instruction", "echo_critique", "echo_example", "repetitive",
+                   "unchanged")
 
 _LEAD_IN = re.compile(r"^\s*(revised response|revision|rewritten response|revised answer)\s*:\s*", re.I)
 
@@ -70,13 +71,21 @@ def clean_revision(text: str) -> str:
     return _LEAD_IN.sub("", text.strip()).strip()
 
 
+def repetitiveness(text: str) -> float:
+    """Share of word trigrams that repeat an earlier one (0 = none; small models loop into 0.5 and more)."""
+    words = _norm(text).split()
+    grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+    return 1 - len(set(grams)) / len(grams) if len(grams) >= 6 else 0.0
+
+
 def revision_failure(revision: str, finish_reason: str, previous: str, critique: str, instruction: str,
-                     threshold: float = 0.8) -> str | None:
+                     threshold: float = 0.8, examples: Sequence[str] = ()) -> str | None:
     """Why a revision is unusable for training, or None when it is fine.
 
     Reasons: ``error`` (the backend failed), ``empty``, ``over_length`` (cut off at max_new_tokens),
-    ``echo_instruction`` (repeats the revision request), ``echo_critique`` (repeats the critique), ``unchanged``
-    (the same as the answer it revises).
+    ``echo_instruction`` (repeats the revision request), ``echo_critique`` (repeats the critique),
+    ``echo_example`` (copies a few-shot example's revision), ``repetitive`` (loops over the same phrases),
+    ``unchanged`` (the same as the answer it revises).
     """
     if finish_reason == "error":
         return "error"
@@ -88,6 +97,10 @@ def revision_failure(revision: str, finish_reason: str, previous: str, critique:
         return "echo_instruction"
     if _similar(revision, critique) >= threshold:
         return "echo_critique"
+    if any(_similar(revision, ex) >= threshold for ex in examples):
+        return "echo_example"
+    if repetitiveness(revision) >= 0.3:
+        return "repetitive"
     if _norm(revision) == _norm(previous) or _similar(revision, previous) >= max(threshold, 0.95):
         return "unchanged"
     return None
@@ -149,6 +162,7 @@ def run_critique(cfg: CritiqueConfig, prompts: Sequence[Prompt], constitution: C
     """
     system = constitution.system_prompt if cfg.use_system_prompt else None
     shots = few_shot_turns(constitution, cfg.few_shot)
+    example_revisions = [ex.revision for ex in constitution.few_shot]
     thash = template_hash(CRITIQUE_TEMPLATE, REVISION_TEMPLATE,
                           extra=[constitution.hash(), cfg.few_shot, cfg.use_system_prompt])
     chains = [_Chain(p, [] if p.helpful else constitution.sample_principles(random.Random(f"{cfg.seed}:{p.id}"),
@@ -206,7 +220,7 @@ def run_critique(cfg: CritiqueConfig, prompts: Sequence[Prompt], constitution: C
             p = c.principles[rnd - 1]
             text = clean_revision(g.text)
             why = revision_failure(text, g.finish_reason, c.current.text, cstep.text, p.revision_request,
-                                   cfg.echo_threshold)
+                                   cfg.echo_threshold, example_revisions)
             rstep = Step(id=_step_id(cstep.id, "revision", rnd), parent_id=cstep.id, kind="revision", round=rnd,
                          model=feedback.spec, principle_id=p.id, template_hash=thash, text=text,
                          finish_reason=g.finish_reason, status=why or "ok")
