@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from charter.errors import CharterError, ConfigError
 from charter.records import PreferencePair, read_jsonl, short_hash
-from charter.train.sft import local_model_dir
+from charter.train.sft import local_model_dir, training_tokenizer
 
 DONE_FILE = "charter_train.json"
 EPS_FLOOR = 1e-3
@@ -179,15 +179,11 @@ def train_dpo(cfg: DPOConfig, prefs: Sequence[PreferencePair], out_dir: Path, ba
 
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import DPOConfig as TRLDPOConfig
     from trl import DPOTrainer
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = training_tokenizer(base, cfg.threads)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     work = out_dir / "trainer"
     args = TRLDPOConfig(

@@ -25,7 +25,7 @@ from charter.errors import CharterError, ConfigError
 from charter.records import Prompt, short_hash
 from charter.templates import render
 from charter.train.dpo import DONE_FILE, already_done, lora_config, save_model
-from charter.train.sft import local_model_dir
+from charter.train.sft import local_model_dir, training_tokenizer
 
 SINGLE_TEMPLATE = "label_single.jinja"
 
@@ -114,11 +114,7 @@ def train_online(cfg: OnlineConfig, prompts: Sequence[Prompt], out_dir: Path, ba
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = training_tokenizer(base, cfg.threads)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     reward_fn: Any
     reward_tok = None

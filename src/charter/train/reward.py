@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from charter.errors import CharterError
 from charter.records import PreferencePair, short_hash
 from charter.train.dpo import DONE_FILE, already_done, load_preferences, lora_config, save_model, select, trl_rows
-from charter.train.sft import local_model_dir
+from charter.train.sft import local_model_dir, training_tokenizer
 
 
 class RewardConfig(BaseModel):
@@ -119,15 +119,11 @@ def train_reward_model(cfg: RewardConfig, prefs: Sequence[PreferencePair], out_d
 
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig as TRLRewardConfig
     from trl import RewardTrainer
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = training_tokenizer(base, cfg.threads)
     torch.manual_seed(cfg.seed)
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id

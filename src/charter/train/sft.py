@@ -66,6 +66,19 @@ def local_model_dir(spec: str) -> Path:
     return path
 
 
+def training_tokenizer(base: Path, threads: int = 0) -> Any:
+    """The tokenizer of ``base`` with a pad token (EOS when it has none); sets torch threads when ``threads``."""
+    import torch
+    from transformers import AutoTokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def to_prompt_completion(example: SFTExample) -> dict[str, list[dict[str, str]]]:
     """Split a ``messages`` example into TRL's conversational prompt/completion form (last turn = completion)."""
     msgs = example.messages
@@ -95,15 +108,11 @@ def run_sft(cfg: SFTConfig, data_path: Path, out_dir: Path, base_spec: str) -> d
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = training_tokenizer(base, cfg.threads)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     rows = [to_prompt_completion(e) for e in examples]
     dataset = Dataset.from_list(rows)
