@@ -108,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batches", default="1,16,32", help="plain generate batch sizes to sweep")
     ap.add_argument("--batch1-prompts", type=int, default=3, help="requests timed at batch 1 (it is slow)")
     ap.add_argument("--engine-slots", type=int, default=64, help="sequences the engine decodes together")
-    ap.add_argument("--bf16-prompts", type=int, default=6, help="requests compared in bf16 vs fp32 (0 = skip)")
+    ap.add_argument("--bf16-prompts", type=int, default=3, help="requests compared in bf16 vs fp32 (0 = skip)")
+    ap.add_argument("--bf16-tokens", type=int, default=32, help="new tokens in the bf16 comparison (bf16 is slow here)")
     ap.add_argument("--quick", action="store_true", help="a tiny run proving the script works")
     args = ap.parse_args(argv)
     if args.quick:
@@ -175,7 +176,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     bf16: dict[str, Any] = {}
     if args.bf16_prompts > 0:
-        sub = head(calls, args.bf16_prompts)
+        from charter.backends.base import GenParams, GenRequest
+
+        short = GenParams(max_new_tokens=min(args.bf16_tokens, args.max_new_tokens))
+        sub = {k: [GenRequest.of(r.messages, short) for r in v] for k, v in head(calls, args.bf16_prompts).items()}
         b16 = TransformersBackend(
             "transformers/embedded",
             "embedded",

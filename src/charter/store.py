@@ -8,6 +8,7 @@ written whole and atomically at the end of each stage, so there is never a dupli
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -175,10 +176,8 @@ def package_versions() -> dict[str, str]:
     """Versions of charter and the libraries whose behaviour shapes results."""
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for name in ("charter", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 

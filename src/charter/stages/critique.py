@@ -246,7 +246,8 @@ def _finish(cfg: CritiqueConfig,
                 reasons[s.status] += 1
         if c.prompt.helpful:
             final = answer if answer.status == "ok" and answer.finish_reason != "length" else None
-            reason = "helpful" if final else f"helpful_answer_{answer.status if answer.status != 'ok' else 'over_length'}"
+            failed = answer.status if answer.status != "ok" else "over_length"
+            reason = "helpful" if final else f"helpful_answer_{failed}"
         else:
             final = c.last_good
             reason = "ok" if final else ("answer_" + answer.status if answer.status != "ok" else "no_accepted_revision")
