@@ -39,6 +39,7 @@ bench: setup
 	$(BIN)/python bench/resume.py
 	$(BIN)/python bench/labels.py
 	$(BIN)/python bench/ray.py
+	$(BIN)/python bench/rl_labels.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -101,7 +101,7 @@ def wait_for_free_cpus(ray: Any, want: float, timeout: float = 60.0) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="transformers/embedded")
-    ap.add_argument("--dtype", default="auto", help="auto (bf16 generation), float32 or bfloat16")
+    ap.add_argument("--dtype", default="auto", help="auto (fp32 unless the CPU has native bf16), float32, bfloat16")
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8, help="requests per chunk (one worker call)")

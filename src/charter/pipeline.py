@@ -36,6 +36,7 @@ class Session:
         key = mc.model_dump_json()
         if key not in self._backends:
             self.log(f"loading {mc.model}")
+            inner: Any
             if self.ray_address:
                 from charter.backends.ray_pool import wrap_with_ray
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from urllib.parse import parse_qsl
 
-from charter.backends.base import Generation, GenRequest, OptionScores, ScoreRequest
+from charter.backends.base import FinishReason, Generation, GenRequest, OptionScores, ScoreRequest
 
 
 def _digest(text: str) -> str:
@@ -87,7 +87,7 @@ class MockBackend:
             self._record(r)
             text = self.replies.popleft() if self.replies else self.rule(r)
             words = len(text.split())
-            reason = "length" if words > r.params.max_new_tokens else "stop"
+            reason: FinishReason = "length" if words > r.params.max_new_tokens else "stop"
             out.append(Generation(text=text, finish_reason=reason, prompt_tokens=0, completion_tokens=words))
         return out
 

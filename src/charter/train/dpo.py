@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from charter.errors import CharterError, ConfigError
 from charter.records import PreferencePair, read_jsonl, short_hash
-from charter.train.sft import local_model_dir, training_tokenizer
+from charter.train.sft import local_model_dir, save_model, training_tokenizer
 
 DONE_FILE = "charter_train.json"
 EPS_FLOOR = 1e-3
@@ -104,20 +104,6 @@ def lora_config(cfg: Any, task_type: str) -> Any:
                       target_modules=cfg.lora_target_modules, task_type=task_type)
 
 
-def save_model(trained: Any, tokenizer: Any, out_dir: Path, lora: bool) -> Path:
-    """Save the adapter (LoRA) and a merged full model folder ``out_dir/model``; returns the model folder."""
-    model_dir = out_dir / "model"
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    if lora:
-        trained.save_pretrained(out_dir / "adapter")
-        tokenizer.save_pretrained(out_dir / "adapter")
-        trained = trained.merge_and_unload()
-    trained.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    return model_dir
-
-
 def already_done(out_dir: Path, fingerprint: str) -> dict[str, Any] | None:
     """The saved summary when ``out_dir/model`` was trained from the same data and settings."""
     done = out_dir / "model" / DONE_FILE
@@ -128,30 +114,38 @@ def already_done(out_dir: Path, fingerprint: str) -> dict[str, Any] | None:
     return None
 
 
+class SoftLabelColumn:
+    """Mixin for a TRL trainer: carries each pair's ``soft_label`` column through the data collator into the batch
+    (as a float tensor ``batch["soft_label"]``), where the trainer's loss can read it. TRL drops unknown columns."""
+
+    data_collator: Any
+    _signature_columns: list[str] | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        inner = self.data_collator
+
+        def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
+            import torch
+
+            soft = [float(e.pop("soft_label", 1.0)) for e in examples]
+            batch = inner(examples)
+            batch["soft_label"] = torch.tensor(soft, dtype=torch.float32)
+            return dict(batch)
+
+        self.data_collator = collate
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()  # type: ignore[misc]
+        if self._signature_columns is not None and "soft_label" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "soft_label"]
+
+
 def _soft_trainer_class() -> type:
     from trl import DPOTrainer
 
-    class SoftLabelDPOTrainer(DPOTrainer):  # type: ignore[misc]
+    class SoftLabelDPOTrainer(SoftLabelColumn, DPOTrainer):  # type: ignore[misc]
         """DPOTrainer whose ``label_smoothing`` is set per batch from the ``soft_label`` column (see module doc)."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            inner = self.data_collator
-
-            def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
-                import torch
-
-                soft = [float(e.pop("soft_label", 1.0)) for e in examples]
-                batch = inner(examples)
-                batch["soft_label"] = torch.tensor(soft, dtype=torch.float32)
-                return dict(batch)
-
-            self.data_collator = collate
-
-        def _set_signature_columns_if_needed(self) -> None:
-            super()._set_signature_columns_if_needed()
-            if self._signature_columns is not None and "soft_label" not in self._signature_columns:
-                self._signature_columns = [*self._signature_columns, "soft_label"]
 
         def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
             soft = inputs.pop("soft_label", None)

@@ -22,7 +22,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from charter.errors import CharterError
 from charter.records import PreferencePair, short_hash
-from charter.train.dpo import DONE_FILE, already_done, load_preferences, lora_config, save_model, select, trl_rows
+from charter.train.dpo import (
+    DONE_FILE,
+    SoftLabelColumn,
+    already_done,
+    load_preferences,
+    lora_config,
+    save_model,
+    select,
+    trl_rows,
+)
 from charter.train.sft import local_model_dir, training_tokenizer
 
 
@@ -58,27 +67,8 @@ class RewardConfig(BaseModel):
 def _soft_trainer_class() -> type:
     from trl import RewardTrainer
 
-    class SoftLabelRewardTrainer(RewardTrainer):  # type: ignore[misc]
+    class SoftLabelRewardTrainer(SoftLabelColumn, RewardTrainer):  # type: ignore[misc]
         """RewardTrainer with the soft-label cross-entropy loss (see the module docstring)."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            inner = self.data_collator
-
-            def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
-                import torch
-
-                soft = [float(e.pop("soft_label", 1.0)) for e in examples]
-                batch = inner(examples)
-                batch["soft_label"] = torch.tensor(soft, dtype=torch.float32)
-                return dict(batch)
-
-            self.data_collator = collate
-
-        def _set_signature_columns_if_needed(self) -> None:
-            super()._set_signature_columns_if_needed()
-            if self._signature_columns is not None and "soft_label" not in self._signature_columns:
-                self._signature_columns = [*self._signature_columns, "soft_label"]
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:

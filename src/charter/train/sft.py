@@ -49,6 +49,20 @@ class SFTConfig(BaseModel):
                                           description="Extra TRL SFTConfig / TrainingArguments, passed unchanged.")
 
 
+def save_model(trained: Any, tokenizer: Any, out_dir: Path, lora: bool) -> Path:
+    """Save the adapter (LoRA) and a merged full model folder ``out_dir/model``; returns the model folder."""
+    model_dir = out_dir / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    if lora:
+        trained.save_pretrained(out_dir / "adapter")
+        tokenizer.save_pretrained(out_dir / "adapter")
+        trained = trained.merge_and_unload()
+    trained.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
 def local_model_dir(spec: str) -> Path:
     """The folder behind a ``transformers/...`` spec (``transformers/embedded`` = the converted embedded model)."""
     provider, _, rest = spec.partition("/")
@@ -136,19 +150,10 @@ def run_sft(cfg: SFTConfig, data_path: Path, out_dir: Path, base_spec: str) -> d
     seconds = time.monotonic() - start
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
-    model_dir = out_dir / "model"
     trainer.accelerator.wait_for_everyone()
     if not trainer.accelerator.is_main_process:  # under `accelerate launch`, only rank 0 writes the model
         return {"steps": result.global_step, "rank": trainer.accelerator.process_index}
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    trained = trainer.model
-    if cfg.lora:
-        trained.save_pretrained(out_dir / "adapter")
-        tokenizer.save_pretrained(out_dir / "adapter")
-        trained = trained.merge_and_unload()
-    trained.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = save_model(trainer.model, tokenizer, out_dir, cfg.lora)
     shutil.rmtree(work, ignore_errors=True)
     summary = {
         "fingerprint": fingerprint, "base": str(base), "examples": len(examples), "steps": result.global_step,
