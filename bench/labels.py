@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-labels", help="run folder (call cache)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--batch-size", type=int, default=8, help="requests per model batch")
+    ap.add_argument("--workers", type=int, default=1, help="model processes (extra.workers), threads/workers each")
     ap.add_argument("--rm-steps", type=int, default=0, help="> 0: also train RMs on AI vs human labels")
     ap.add_argument("--quick", action="store_true", help="a tiny run proving the script works")
     args = ap.parse_args(argv)
@@ -62,8 +63,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg = LabelEvalConfig(n=args.n, settings=settings, rm_steps=args.rm_steps,
                           rm_setting="ensemble" if "ensemble" in settings else settings[0])
     run = RunDir(args.out)
-    backend = CachedBackend(load_backend(args.model, BackendOptions(threads=args.threads,
-                                                                    batch_size=args.batch_size)),
+    extra = {"workers": args.workers} if args.workers > 1 else {}
+    backend = CachedBackend(load_backend(args.model, BackendOptions(threads=args.threads, batch_size=args.batch_size,
+                                                                    extra=extra)),
                             run.cache, batch_size=args.batch_size)
     start = time.monotonic()
     summary = run_label_eval(cfg, run, args.data, load_constitution(None), backend, rm_base=args.model,

@@ -111,6 +111,10 @@ def load_backend(spec: str, options: BackendOptions | None = None, lazy: bool = 
         from charter.backends.mock import MockBackend
 
         return MockBackend.from_spec(spec)
+    if provider == "transformers" and int(options.extra.get("workers", 1)) > 1:
+        from charter.backends.lanes import LanesBackend
+
+        return LanesBackend(spec, rest, options)
     if provider == "transformers":
         from charter.backends.transformers import TransformersBackend
 
