@@ -37,7 +37,7 @@ def test_dpo_changes_weights_and_the_saved_model_reloads(tmp_path: Path, tiny_mo
     write_jsonl(path, _prefs([0.9, 0.8, 0.7, 0.95]))
     cfg = DPOConfig(max_steps=2, batch_size=2, learning_rate=5e-3, max_length=64)
     summary = run_dpo(cfg, path, tmp_path / "dpo", f"transformers/{tiny_model_dir}")
-    assert summary["steps"] == 2 and summary["loss_type"] == "exo_pair"
+    assert summary["steps"] == 2 and summary["loss_type"] == "exo_pair" and summary["peak_rss_mb"] > 50
     before, after = _weights(tiny_model_dir), _weights(tmp_path / "dpo" / "model")
     assert before.keys() == after.keys()  # a merged, plain model folder
     assert [k for k in before if not torch.equal(before[k], after[k])]  # type: ignore[arg-type]
