@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from charter.errors import CharterError, ConfigError
 from charter.records import PreferencePair, read_jsonl, short_hash
-from charter.train.sft import local_model_dir, peak_rss_mb, save_model, training_tokenizer
+from charter.train.sft import cost_figures, local_model_dir, save_model, training_tokenizer
 
 DONE_FILE = "charter_train.json"
 EPS_FLOOR = 1e-3
@@ -201,9 +201,7 @@ def train_dpo(cfg: DPOConfig, prefs: Sequence[PreferencePair], out_dir: Path, ba
     summary = {
         "fingerprint": fingerprint, "base": str(base), "pairs": len(data),
         "dropped_low_confidence": len(prefs) - len(data),
-        "loss_type": args.loss_type[0], "steps": result.global_step, "seconds": round(seconds, 1),
-        "seconds_per_step": round(seconds / max(result.global_step, 1), 2),
-        "peak_rss_mb": peak_rss_mb(),
+        "loss_type": args.loss_type[0], **cost_figures(result.global_step, seconds),
         "first_loss": logs[0]["loss"] if logs else None, "final_loss": logs[-1]["loss"] if logs else None,
         "final_reward_accuracy": logs[-1].get("rewards/accuracies") if logs else None,
         "lora": cfg.lora, "model": str(model_dir),

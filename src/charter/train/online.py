@@ -25,7 +25,7 @@ from charter.errors import CharterError, ConfigError
 from charter.records import Prompt, short_hash
 from charter.templates import render
 from charter.train.dpo import DONE_FILE, already_done, lora_config, save_model
-from charter.train.sft import local_model_dir, peak_rss_mb, training_tokenizer
+from charter.train.sft import cost_figures, local_model_dir, training_tokenizer
 
 SINGLE_TEMPLATE = "label_single.jinja"
 
@@ -148,9 +148,7 @@ def train_online(cfg: OnlineConfig, prompts: Sequence[Prompt], out_dir: Path, ba
     shutil.rmtree(work, ignore_errors=True)
     summary = {
         "fingerprint": fingerprint, "base": str(base), "prompts": len(prompts), "reward": cfg.reward,
-        "reward_source": reward_id, "steps": result.global_step, "seconds": round(seconds, 1),
-        "seconds_per_step": round(seconds / max(result.global_step, 1), 2),
-        "peak_rss_mb": peak_rss_mb(),
+        "reward_source": reward_id, **cost_figures(result.global_step, seconds),
         "first_reward": logs[0]["reward"] if logs else None, "final_reward": logs[-1]["reward"] if logs else None,
         "reward_failures": getattr(reward_fn, "failed", 0), "lora": cfg.lora, "model": str(model_dir),
     }

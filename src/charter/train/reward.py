@@ -32,7 +32,7 @@ from charter.train.dpo import (
     select,
     trl_rows,
 )
-from charter.train.sft import local_model_dir, peak_rss_mb, training_tokenizer
+from charter.train.sft import cost_figures, local_model_dir, training_tokenizer
 
 
 class RewardConfig(BaseModel):
@@ -143,9 +143,7 @@ def train_reward_model(cfg: RewardConfig, prefs: Sequence[PreferencePair], out_d
     summary = {
         "fingerprint": fingerprint, "base": str(base), "pairs": len(data), "trained_pairs": len(trainer.train_dataset),
         "dropped_low_confidence": len(prefs) - len(data), "soft_labels": cfg.soft_labels,
-        "steps": result.global_step, "seconds": round(seconds, 1),
-        "seconds_per_step": round(seconds / max(result.global_step, 1), 2),
-        "peak_rss_mb": peak_rss_mb(),
+        **cost_figures(result.global_step, seconds),
         "first_loss": logs[0]["loss"] if logs else None, "final_loss": logs[-1]["loss"] if logs else None,
         "lora": cfg.lora, "model": str(model_dir),
     }

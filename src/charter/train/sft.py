@@ -63,13 +63,14 @@ def save_model(trained: Any, tokenizer: Any, out_dir: Path, lora: bool) -> Path:
     return model_dir
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MB (Linux reports KB, macOS bytes)."""
+def cost_figures(steps: int, seconds: float) -> dict[str, Any]:
+    """What a training run cost: steps, seconds, seconds per step and this process's peak resident memory (MB)."""
     import resource
     import sys
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux reports KB, macOS bytes
+    return {"steps": steps, "seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(steps, 1), 2),
+            "peak_rss_mb": round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)}
 
 
 def local_model_dir(spec: str) -> Path:
@@ -165,9 +166,8 @@ def run_sft(cfg: SFTConfig, data_path: Path, out_dir: Path, base_spec: str) -> d
     model_dir = save_model(trainer.model, tokenizer, out_dir, cfg.lora)
     shutil.rmtree(work, ignore_errors=True)
     summary = {
-        "fingerprint": fingerprint, "base": str(base), "examples": len(examples), "steps": result.global_step,
-        "seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(result.global_step, 1), 2),
-        "peak_rss_mb": peak_rss_mb(),
+        "fingerprint": fingerprint, "base": str(base), "examples": len(examples),
+        **cost_figures(result.global_step, seconds),
         "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
         "lora": cfg.lora, "model": str(model_dir), "adapter": str(out_dir / "adapter") if cfg.lora else None,
     }
