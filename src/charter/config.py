@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -54,6 +54,9 @@ class PromptsConfig(BaseModel):
     hh_mode: str = Field(default="first", description="HH dialogues: 'first' human turn or whole 'context'.")
     red_team_limit: int | None = Field(default=None, description="Use at most this many red-team prompts.")
     helpful_limit: int | None = Field(default=None, description="Use at most this many helpful prompts.")
+    split: Literal["all", "train", "eval"] = Field(
+        default="all", description="Part of each prompt file to use (charter.splits): 'train' keeps the prompts "
+                                   "that evaluation on split='eval' never sees; 'all' = the whole file.")
 
 
 def _stage_models() -> dict[str, type[BaseModel]]:

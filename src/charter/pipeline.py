@@ -55,18 +55,27 @@ class Session:
 
 def load_run_prompts(cfg: RunConfig) -> tuple[list[Prompt], dict[str, Any]]:
     """Red-team + helpful prompts as the config asks; returns them and what was skipped per file."""
-    from charter.prompts import default_prompts, load_prompts
+    from charter.prompts import PromptSet, default_prompts, load_prompts
+    from charter.splits import describe as describe_split
+    from charter.splits import select as select_split
 
     pc = cfg.prompts
     sets = []
+    splits: dict[str, Any] = {}
+
+    def from_file(path: str) -> PromptSet:
+        loaded = load_prompts(path, fmt=pc.format, field=pc.field, hh_mode=pc.hh_mode)
+        if pc.split != "all":
+            splits[loaded.source] = describe_split(loaded.prompts, path, pc.split)
+            loaded.prompts = select_split(loaded.prompts, pc.split, path)
+        return loaded
+
     if pc.red_team:
-        sets.append(load_prompts(pc.red_team, fmt=pc.format, field=pc.field, hh_mode=pc.hh_mode,
-                                 limit=pc.red_team_limit))
+        sets.append(from_file(pc.red_team))
     else:
         sets.append(default_prompts("red_team"))
     if pc.helpful:
-        sets.append(load_prompts(pc.helpful, fmt=pc.format, field=pc.field, hh_mode=pc.hh_mode,
-                                 limit=pc.helpful_limit))
+        sets.append(from_file(pc.helpful))
         for p in sets[-1].prompts:
             p.helpful = True
     elif pc.helpful is None:
@@ -80,7 +89,7 @@ def load_run_prompts(cfg: RunConfig) -> tuple[list[Prompt], dict[str, Any]]:
         seen.update(p.id for p in kept)
         prompts += kept
         info[s.source] = {"prompts": len(kept), "skipped": [list(x) for x in s.skipped], "duplicates": s.duplicates,
-                          "hash": s.hash()}
+                          "hash": s.hash(), **({"split": splits[s.source]} if s.source in splits else {})}
     return prompts, info
 
 

@@ -42,6 +42,7 @@ from charter.evaluation.session import (
 from charter.evaluation.summary import summarize
 from charter.prompts import default_prompts, load_prompts
 from charter.records import Judgement, LabeledPair, Prompt, short_hash, write_jsonl
+from charter.splits import select as select_split
 from charter.store import CachedBackend, RunDir, now_iso
 
 __all__ = ["EvalConfig", "load_eval_prompts", "run_eval"]
@@ -63,7 +64,7 @@ def load_eval_prompts(cfg: EvalConfig) -> list[tuple[Prompt, str, Group]]:
         if path is None:
             prompts = default_prompts("red_team" if name == "red_team" else "helpful").prompts
         else:
-            prompts = load_prompts(path, field=cfg.field).prompts
+            prompts = select_split(load_prompts(path, field=cfg.field).prompts, cfg.split, path)
         if cfg.limit and len(prompts) > cfg.limit:  # evenly spaced: a slice covers the whole file
             prompts = [prompts[k * len(prompts) // cfg.limit] for k in range(cfg.limit)]
         out += [(p.model_copy(update={"id": f"{name}:{p.id}"}), name, _group(p, name)) for p in prompts]

@@ -38,6 +38,9 @@ class EvalConfig(BaseModel):
                                                          "answered, 'unsafe' rows count as harmful. None = "
                                                          "the bundled helpful prompts.")
     field: str = Field(default="prompt", description="JSONL key / CSV column holding the prompt.")
+    split: Literal["all", "train", "eval"] = Field(default="all", description="Part of each prompt file "
+                                                   "to evaluate on (charter.splits); 'eval' = prompts that a "
+                                                   "run with prompts.split='train' never trained on.")
     limit: int | None = Field(default=None, ge=1, description="Use at most this many prompts from each file, "
                                                               "evenly spaced through it (all XSTest types).")
     judges: list[str] = Field(default_factory=lambda: ["transformers/embedded"],
