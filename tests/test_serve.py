@@ -143,7 +143,6 @@ def test_logprobs_for_a_backend_without_top_tokens_need_candidate_options(server
 @pytest.mark.parametrize(
     ("body", "says"),
     [
-        (chat("hi", stream=True), "streaming"),
         (chat("hi", logprobs=True, max_tokens=5), "max_tokens=1"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0]"),

@@ -381,21 +381,24 @@ class Engine:
     # --------------------------------------------------------------------- run
     @torch.inference_mode()
     def run(
-        self, prompts: Sequence[Sequence[int]], params: Sequence[GenParams], share_prefix: bool = True
+        self, prompts: Sequence[Sequence[int]], params: Sequence[GenParams], share_prefix: bool = True,
+        on_token: Callable[[int, int], None] | None = None,
     ) -> list[list[int]]:
-        """Generate for every prompt; returns the new token ids of each (ending with the EOS token if it stopped)."""
+        """Generate for every prompt; returns the new token ids of each (ending with the EOS token if it stopped).
+
+        ``on_token(i, token_id)``, when given, is called as each token of prompt ``i`` is chosen (streaming)."""
         if not prompts:
             return []
         if not share_prefix:
             saved = self._prefix_ids, self._prefix_kv
             self.clear_prefix()
             try:
-                return self._run(prompts, params)
+                return self._run(prompts, params, on_token)
             finally:
                 self._prefix_ids, self._prefix_kv = saved
         P = min(common_prefix(prompts), min(len(p) for p in prompts) - 1)
         self._set_prefix(list(prompts[0][: max(P, 0)]))
-        return self._run(prompts, params)
+        return self._run(prompts, params, on_token)
 
     @torch.inference_mode()
     def score(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -413,7 +416,8 @@ class Engine:
             rows.append(logits.float())
         return torch.stack(rows)
 
-    def _run(self, prompts: Sequence[Sequence[int]], params: Sequence[GenParams]) -> list[list[int]]:
+    def _run(self, prompts: Sequence[Sequence[int]], params: Sequence[GenParams],
+             on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
         """Continuous batching over the slots, every prompt starting after the current shared prefix."""
         P = len(self._prefix_ids)
         longest = max(len(p) - P + q.max_new_tokens for p, q in zip(prompts, params, strict=True))
@@ -452,6 +456,8 @@ class Engine:
                 live.append(row)
                 (tok,) = self._choose(logits[None], [row])
                 row.tokens.append(tok)
+                if on_token is not None:
+                    on_token(i, tok)
                 lens[slot], last[slot] = len(suffix), tok
                 if self._done(row):
                     retire([slot])
@@ -466,6 +472,8 @@ class Engine:
             done = []
             for slot, (row, tok) in enumerate(zip(live, picks, strict=True)):
                 row.tokens.append(tok)
+                if on_token is not None:
+                    on_token(row.index, tok)
                 if self._done(row):
                     done.append(slot)
             retire(done)

@@ -5,6 +5,7 @@ From a spec string (usable in YAML configs and subprocess tests)::
     mock/echo                          deterministic answers derived from the prompt
     mock/echo?delay=0.05&log=calls.txt sleep per request; append one line per request to a file
     mock/echo?bias=0.8                 score_options gives option A probability 0.8 whatever the content
+    mock/echo?word_delay=0.01          generate_stream sleeps this long before each word it streams
 
 In code, pass ``replies`` (a queue, consumed in order) or ``rule`` (a function of the request).
 """
@@ -45,11 +46,12 @@ class MockBackend:
         bias: float | None = None,
         delay: float = 0.0,
         log: str | None = None,
+        word_delay: float = 0.0,
     ) -> None:
         self.spec = spec
         # delay and log change how it runs, not what it answers: keep them out of the cache identity
         base, _, query = spec.partition("?")
-        kept = "&".join(f"{k}={v}" for k, v in parse_qsl(query) if k not in ("delay", "log"))
+        kept = "&".join(f"{k}={v}" for k, v in parse_qsl(query) if k not in ("delay", "log", "word_delay"))
         self.model_id = f"{base}?{kept}" if kept else base
         self.replies: deque[str] = deque(replies or [])
         self.rule = rule or echo_rule
@@ -57,6 +59,7 @@ class MockBackend:
         self.bias = bias
         self.delay = delay
         self.log = Path(log) if log else None
+        self.word_delay = word_delay
         self.calls: list[GenRequest | ScoreRequest] = []
 
     @classmethod
@@ -69,6 +72,7 @@ class MockBackend:
             bias=float(opts["bias"]) if "bias" in opts else None,
             delay=float(opts.get("delay", 0.0)),
             log=opts.get("log"),
+            word_delay=float(opts.get("word_delay", 0.0)),
         )
 
     def _record(self, request: GenRequest | ScoreRequest) -> None:
@@ -90,6 +94,17 @@ class MockBackend:
             reason: FinishReason = "length" if words > r.params.max_new_tokens else "stop"
             out.append(Generation(text=text, finish_reason=reason, prompt_tokens=0, completion_tokens=words))
         return out
+
+    def generate_stream(self, requests: Sequence[GenRequest], on_text: Callable[[int, str], None]) -> list[Generation]:
+        """:meth:`generate`, then each answer sent to ``on_text(i, delta)`` word by word (``word_delay`` apart)."""
+        gens = self.generate(requests)
+        for i, g in enumerate(gens):
+            words = g.text.split(" ")
+            for j, w in enumerate(words):
+                if self.word_delay:
+                    time.sleep(self.word_delay)
+                on_text(i, w if j == 0 else " " + w)
+        return gens
 
     def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
         """Option log-probabilities from ``score_rule``, else a fixed ``bias`` towards the first option,

@@ -28,6 +28,13 @@ from charter.backends.base import (
     OptionScores,
     ScoreRequest,
 )
+from charter.backends.tokens import (
+    OnText,
+    TokenLogprob,
+    hf_generate_logprobs,
+    hf_generate_stream,
+    hf_top_logprobs,
+)
 from charter.errors import BackendError
 
 if TYPE_CHECKING:
@@ -376,6 +383,20 @@ class TransformersBackend:
                 lp = {o: float(row[t]) for o, t in zip(r.options, first, strict=True)}
                 out.append(OptionScores(logprobs=lp))
         return out
+
+
+    # ---------------------------------------- token-level outputs (charter.backends.tokens)
+    def generate_stream(self, requests: Sequence[GenRequest], on_text: OnText) -> list[Generation]:
+        """:meth:`generate`, calling ``on_text(i, delta)`` as each answer grows (see charter.backends.tokens)."""
+        return hf_generate_stream(self, requests, on_text)
+
+    def generate_logprobs(self, requests: Sequence[GenRequest], k: int) -> list[tuple[Generation, list[TokenLogprob]]]:
+        """:meth:`generate` plus every answer token's log-probability and the top ``k`` alternatives."""
+        return hf_generate_logprobs(self, requests, k)
+
+    def top_logprobs(self, requests: Sequence[ScoreRequest], k: int) -> list[list[tuple[str, float]]]:
+        """The ``k`` most likely next tokens after each prompt + assistant prefix, best first."""
+        return hf_top_logprobs(self, requests, k)
 
 
 def batch_seed(seeds: Sequence[int]) -> int:
