@@ -577,6 +577,111 @@ def serve(model: str, host: str, port: int, token_env: str, batch_size: int, nam
                batch_size=batch_size, name=name, verbose=verbose)
 
 
+# --- guard and red-team (issue 14) --------------------------------------------------------------------------------
+
+
+@cli.group()
+def guard() -> None:
+    """The constitution at run time: an OpenAI-compatible proxy that checks and blocks or revises (serve), its
+    thresholds (calibrate) and its distilled classifier (distill)."""
+
+
+_guard_options = [
+    click.argument("config", required=False, type=click.Path(dir_okay=False)),
+    click.option("--upstream", help="Model behind the guard: openai/NAME@http://HOST:PORT/v1 or a charter backend."),
+    click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                 help="Override a GuardConfig field (repeatable)."),
+]
+
+
+def guard_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """CONFIG, --upstream and --set, shared by the guard commands."""
+    for deco in reversed(_guard_options):
+        fn = deco(fn)
+    return fn
+
+
+@guard.command("serve")
+@guard_options
+@click.option("--host", help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port (default 8100; 0 picks a free one).")
+@click.option("--token-env", help="Env var holding the bearer token clients must send (default CHARTER_GUARD_TOKEN).")
+@handles_errors
+def guard_serve(config: str | None, upstream: str | None, sets: tuple[str, ...], host: str | None, port: int | None,
+                token_env: str | None) -> None:
+    """Serve the guard: /v1/chat/completions checked against the constitution, every decision in SQLite."""
+    from charter.guard.config import load_guard_config
+    from charter.guard.server import run_guard
+
+    cfg = load_guard_config(config, sets, upstream=upstream, host=host, port=port, token_env=token_env)
+    run_guard(cfg, require_token=token_env is not None)
+
+
+@guard.command("calibrate")
+@guard_options
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="Labelled prompts: an XSTest CSV (safe/unsafe) and/or a `charter redteam` prompts.jsonl.")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Thresholds JSON to write/update.")
+@click.option("--target-false-block", default=0.05, show_default=True, type=float,
+              help="Largest share of safe TRAIN prompts a threshold may block.")
+@click.option("--limit", type=int, help="At most this many prompts per file and part (evenly spaced).")
+@handles_errors
+def guard_calibrate(config: str | None, upstream: str | None, sets: tuple[str, ...], data: tuple[str, ...], out: str,
+                    target_false_block: float, limit: int | None) -> None:
+    """Thresholds for the configured scorer from the TRAIN part of labelled prompts; block rates on the EVAL part."""
+    from charter.guard.calibrate import calibrate_command
+    from charter.guard.config import load_guard_config
+
+    cfg = load_guard_config(config, sets, upstream=upstream or "mock/echo")
+    click.echo(calibrate_command(cfg, list(data), out, target_false_block, limit))
+
+
+@guard.command("distill")
+@guard_options
+@click.option("--prompts", required=True, type=click.Path(dir_okay=False),
+              help="Prompts written from the constitution (`charter redteam` prompts.jsonl).")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Folder of the classifier.")
+@click.option("--steps", default=60, show_default=True, type=int, help="Training steps.")
+@click.option("--base", default="transformers/embedded", show_default=True, help="Model the classifier starts from.")
+@click.option("--limit", type=int, help="At most this many prompts.")
+@handles_errors
+def guard_distill(config: str | None, upstream: str | None, sets: tuple[str, ...], prompts: str, out: str, steps: int,
+                  base: str, limit: int | None) -> None:
+    """Train the small classifier on the feedback model's scores of synthetic data from the constitution."""
+    from charter.guard.config import load_guard_config
+    from charter.guard.distill import DistillConfig, distill_command
+
+    cfg = load_guard_config(config, sets, upstream=upstream or "mock/echo")
+    click.echo(distill_command(cfg, DistillConfig(steps=steps, base=base, limit=limit), prompts, out))
+
+
+@cli.command("redteam")
+@click.option("--feedback", default="transformers/embedded", show_default=True,
+              help="Model that writes the red-team prompts (and judges, unless --judge).")
+@click.option("--constitution", "constitution_file", type=click.Path(dir_okay=False),
+              help="Constitution YAML (default: charter's).")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Folder for prompts and results.")
+@click.option("--per-principle", "-n", default=5, show_default=True, type=int, help="Prompts to write per principle.")
+@click.option("--principles", help="Comma-separated principle ids (default: all).")
+@click.option("--target", "targets", multiple=True, metavar="NAME=SPEC",
+              help="Model to attack: a backend spec, openai/NAME@URL, or guard:CONFIG.yaml (repeatable).")
+@click.option("--judge", help="Judge of attack success (default: the feedback model).")
+@click.option("--prompts", type=click.Path(dir_okay=False), help="Attack these prompts instead of writing new ones.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a RedTeamConfig field.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@handles_errors
+def redteam(feedback: str, constitution_file: str | None, out: str, per_principle: int, principles: str | None,
+            targets: tuple[str, ...], judge: str | None, prompts: str | None, sets: tuple[str, ...],
+            quiet: bool) -> None:
+    """Write red-team prompts per principle (+ safe-but-scary counterparts), attack targets, report attack success
+    and benign refusal rates, and write the prompts that broke each target as a prompt file for `charter run`."""
+    from charter.redteam.run import redteam_command
+
+    click.echo(redteam_command(feedback=feedback, constitution=constitution_file, out=out, per_principle=per_principle,
+                               principles=principles, targets=list(targets), judge=judge, prompts=prompts,
+                               sets=list(sets), quiet=quiet))
+
+
 def main() -> None:
     """Entry point of the ``charter`` script."""
     cli()

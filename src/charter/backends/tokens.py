@@ -189,8 +189,9 @@ def hf_generate_logprobs(backend: TransformersBackend, requests: Sequence[GenReq
         if not ans:
             out.append((Generation("", g.finish_reason, g.prompt_tokens, 0), []))
             continue
+        first = len(prompt) - 1  # the logits at position i predict token i + 1
         with torch.inference_mode():
-            logits = model(input_ids=torch.tensor([prompt + ans])).logits[0, len(prompt) - 1 : len(prompt) - 1 + len(ans)]
+            logits = model(input_ids=torch.tensor([prompt + ans])).logits[0, first : first + len(ans)]
         logp = torch.log_softmax(logits.float(), dim=-1)
         top_lp, top_ids = logp.topk(max(k, 1), dim=-1)
         pieces = _pieces(backend, ans)
