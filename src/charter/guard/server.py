@@ -22,8 +22,10 @@ unchecked is ever sent. A failing check (the scorer's backend down, the latency 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -253,24 +255,25 @@ def build_guard(cfg: GuardConfig, token: str | None = None) -> GuardServer:
     from charter.guard.policy import load_thresholds
     from charter.guard.scorers import ClassifierScorer, FeedbackScorer, Scorer
     from charter.guard.upstream import HTTPUpstream, LocalUpstream
-    from charter.serve import Batcher, Job
 
     constitution = load_constitution(cfg.constitution)
     needs_feedback = (cfg.scorer == "feedback" or cfg.verify_revision
                       or any(a == "revise" for a in [cfg.default_action, *cfg.actions.values()]))
     options = BackendOptions(threads=cfg.threads, batch_size=cfg.batch_size)
     feedback = load_backend(cfg.feedback, options) if needs_feedback else None
-    batcher = Batcher(feedback, cfg.batch_size) if feedback is not None else None
+    # One check's principles go to the feedback model as one call, so they share the conversation's prefix (the
+    # engine computes it once); calls of concurrent requests take turns on a local model and overlap over HTTP.
+    lock: Any = contextlib.nullcontext() if cfg.feedback.startswith("openai/") else threading.Lock()
 
     def score_fn(reqs: list[Any]) -> list[Any]:
-        assert batcher is not None
-        futs = [batcher.submit(Job("score", r)) for r in reqs]
-        return [f.result() for f in futs]
+        assert feedback is not None
+        with lock:
+            return list(feedback.score_options(reqs))
 
     def gen_fn(reqs: list[Any]) -> list[Any]:
-        assert batcher is not None
-        futs = [batcher.submit(Job("generate", r)) for r in reqs]
-        return [f.result() for f in futs]
+        assert feedback is not None
+        with lock:
+            return list(feedback.generate(reqs))
 
     scorer: Scorer
     if cfg.scorer == "classifier":
@@ -286,13 +289,40 @@ def build_guard(cfg: GuardConfig, token: str | None = None) -> GuardServer:
     upstream: Upstream
     if cfg.upstream.startswith("openai/"):
         upstream = HTTPUpstream(cfg.upstream, cfg.upstream_api_key_env, cfg.upstream_timeout, cfg.upstream_retries)
-    elif feedback is not None and cfg.upstream == cfg.feedback:  # one model in memory, one batcher
-        upstream = LocalUpstream(feedback, cfg.upstream_timeout, cfg.batch_size, batcher=batcher)
+    elif feedback is not None and cfg.upstream == cfg.feedback:  # one model in memory
+        upstream = LocalUpstream(_Locked(feedback, lock), cfg.upstream_timeout, cfg.batch_size)
     else:
         upstream = LocalUpstream(load_backend(cfg.upstream, options), cfg.upstream_timeout, cfg.batch_size)
     guard = Guard(cfg, constitution, scorer, load_thresholds(cfg, scorer.id),
                   gen_fn if feedback is not None else None, score_fn if feedback is not None else None)
     return GuardServer(guard, upstream, DecisionLog(cfg.log), token)
+
+
+class _Locked:
+    """A backend whose calls take ``lock`` (the guard's scorer and the upstream sharing one local model)."""
+
+    def __init__(self, backend: Any, lock: Any) -> None:
+        self.backend, self.lock = backend, lock
+        self.spec, self.model_id = backend.spec, backend.model_id
+
+    def generate(self, requests: Any) -> Any:
+        with self.lock:
+            return self.backend.generate(requests)
+
+    def generate_stream(self, requests: Any, on_text: Any) -> Any:
+        with self.lock:
+            stream = getattr(self.backend, "generate_stream", None)
+            if stream is None:
+                gens = self.backend.generate(requests)
+                for i, g in enumerate(gens):
+                    if g.text:
+                        on_text(i, g.text)
+                return gens
+            return stream(requests, on_text)
+
+    def score_options(self, requests: Any) -> Any:
+        with self.lock:
+            return self.backend.score_options(requests)
 
 
 def run_guard(cfg: GuardConfig, require_token: bool = False) -> None:
