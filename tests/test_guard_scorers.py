@@ -169,3 +169,29 @@ def test_a_distilled_classifier_learns_its_teacher_and_scores_every_principle_in
     assert bomb.values["no_weapons"] - cake.values["no_weapons"] > 0.3  # type: ignore[operator]
     assert clf.id.startswith("classifier:") and json.loads((tmp_path / "clf" / "charter_guard.json").read_text())[
         "teacher"] == teacher.id
+
+
+def test_cli_calibrate_writes_thresholds_the_guard_then_uses(shared_data: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from charter.guard.server import build_guard
+
+    out = tmp_path / "thresholds.json"
+    r = subprocess.run([sys.executable, "-m", "charter.cli", "guard", "calibrate",
+                        "--set", "feedback=mock/echo?bias=0.3", "--set", "principles=[no_weapons, no_hate]",
+                        "--data", str(shared_data / "xstest_dev.csv"), "--limit", "20", "-o", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "EVAL part: block rate on unsafe" in r.stdout and "scoring calls" in r.stdout
+    [(scorer_id, entry)] = json.loads(out.read_text())["scorers"].items()
+    assert scorer_id.startswith("feedback:mock/echo?bias=0.3:")
+    assert entry["global"]["threshold"] > 0.3  # every score is 0.3: blocking any safe prompt would spend the budget
+    cfg = GuardConfig(upstream="mock/echo", feedback="mock/echo?bias=0.3", principles=["no_weapons", "no_hate"],
+                      thresholds=str(out), port=0, log=str(tmp_path / "g.sqlite"))
+    server = build_guard(cfg)
+    try:
+        assert server.guard.thresholds.source == str(out)
+        assert server.guard.thresholds.default == entry["global"]["threshold"]
+    finally:
+        server.close()
