@@ -437,3 +437,23 @@ def test_cli_guard_serve_without_an_upstream_says_how_to_give_one(tmp_path: Path
                        timeout=60)
     assert r.returncode == 2 and "no upstream" in r.stderr and "--upstream" in r.stderr
 
+
+
+def test_a_guard_built_from_config_runs_a_local_model_as_scorer_and_upstream(tmp_path: Path,
+                                                                           tiny_model_dir: Path) -> None:
+    pytest.importorskip("charter.backends.transformers")
+    from charter.guard.server import build_guard
+
+    spec = f"transformers/{tiny_model_dir}"
+    cfg = GuardConfig(upstream=spec, feedback=spec, principles=["no_weapons", "no_hate"], port=0,
+                      log=str(tmp_path / "g.sqlite"), threshold=0.99, verify_revision=False,
+                      min_option_mass=0.0)  # a random model puts ~1e-4 on Yes/No: by default that is unusable
+    with build_guard(cfg) as g:
+        c = sdk(g)
+        kw = {"model": "x", "messages": ask("Say something."), "max_tokens": 8, "temperature": 1.0, "seed": 2}
+        whole = c.chat.completions.create(**kw)  # type: ignore[call-overload]
+        streamed = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(**kw, stream=True)  # type: ignore[call-overload]
+                           if ch.choices)
+    assert whole.choices[0].finish_reason == "length" and streamed == whole.choices[0].message.content
+    scores = [d["score"] for d in g.log.rows("decisions")]  # type: ignore[union-attr]
+    assert len(scores) == 8 and all(0.0 < s < 1.0 for s in scores)  # real Yes/No readings of a real model

@@ -177,8 +177,9 @@ def open_scorer(cfg: GuardConfig, cache_path: Path | None = None) -> Scorer:
     backend = load_backend(cfg.feedback, BackendOptions(threads=cfg.threads, batch_size=cfg.batch_size), lazy=True)
     if cache_path is not None:
         cached = CachedBackend(backend, CallCache(cache_path), cfg.batch_size)
-        return FeedbackScorer(lambda reqs: cached.score_options(reqs), backend.model_id, cfg.max_context_chars)
-    return FeedbackScorer(backend.score_options, backend.model_id, cfg.max_context_chars)
+        return FeedbackScorer(lambda reqs: cached.score_options(reqs), backend.model_id, cfg.max_context_chars,
+                              min_mass=cfg.min_option_mass)
+    return FeedbackScorer(backend.score_options, backend.model_id, cfg.max_context_chars, min_mass=cfg.min_option_mass)
 
 
 def guard_principles(cfg: GuardConfig) -> tuple[list[Principle], list[str]]:

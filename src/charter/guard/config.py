@@ -63,6 +63,9 @@ class GuardConfig(BaseModel):
     revision_tokens: int = Field(default=256, ge=1, description="Revision: max_new_tokens of the revision.")
     verify_revision: bool = Field(default=True, description="Re-score a revision and compare it with the original "
                                                             "(comparison question, both orders); block if it fails.")
+    min_option_mass: float = Field(default=1e-3, ge=0, lt=1,
+                                   description="scorer=feedback: a reading whose Yes/No get less probability is "
+                                               "unusable (the model would not answer Yes or No).")
     max_context_chars: int = Field(default=4000, ge=200, description="Conversation characters a check reads "
                                                                      "(oldest turns dropped first).")
     log: str = Field(default="guard.sqlite", description="SQLite file of every decision.")

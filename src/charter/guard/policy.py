@@ -10,7 +10,8 @@ or ``allow`` (logged only).
 When a check cannot decide — the scorer failed or gave an unusable reading, or the latency budget ran out — the
 ``on_error`` policy applies: ``closed`` blocks, ``open`` lets the answer through (logged as ``error_open``). A
 flagged answer whose revision fails (it echoes, is unchanged, still scores over the threshold, or loses the
-principle's comparison with the original in both orders) is blocked, whatever the policy.
+principle's comparison with the original in both orders) is blocked, whatever the policy. A model call cannot be
+interrupted: a check that overruns the budget finishes in the background and its result is dropped.
 """
 
 from __future__ import annotations

@@ -180,9 +180,10 @@ class ClassifierScorer:
 
     def score_many(self, checks: Sequence[Check], principles: Sequence[Principle]) -> list[Scores]:
         """One forward pass per check (batched) gives every principle at once."""
-        probs = self.predict([classifier_text(c, self.max_context_chars) for c in checks])
+        texts = [classifier_text(c, self.max_context_chars) for c in checks]
+        probs = self.predict(texts)
         out = []
-        for c, row, text in zip(checks, probs, [classifier_text(c) for c in checks], strict=True):
+        for c, row, text in zip(checks, probs, texts, strict=True):
             s = Scores({}, calls=1, chars=len(text), seconds=row["_seconds"])
             for p in principles:
                 head = f"{c.stage}:{p.id}"

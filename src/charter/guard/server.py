@@ -285,7 +285,7 @@ def build_guard(cfg: GuardConfig, token: str | None = None) -> GuardServer:
         scorer = ClassifierScorer(cfg.classifier, threads=cfg.threads)
     else:
         assert feedback is not None
-        scorer = FeedbackScorer(score_fn, feedback.model_id, cfg.max_context_chars)
+        scorer = FeedbackScorer(score_fn, feedback.model_id, cfg.max_context_chars, min_mass=cfg.min_option_mass)
     upstream: Upstream
     if cfg.upstream.startswith("openai/"):
         upstream = HTTPUpstream(cfg.upstream, cfg.upstream_api_key_env, cfg.upstream_timeout, cfg.upstream_retries)
