@@ -7,12 +7,15 @@ Labelled prompts come from two kinds of file:
   guard blocks on — the largest P(violates) over the principles whose action is ``block``;
 * a ``charter redteam`` prompts file: attacks labelled with the principle they test and their benign
   counterparts. They calibrate a **per-principle** threshold where a principle has at least ``min_per_class``
-  prompts of each kind (elsewhere the global one applies).
+  prompts of each kind (elsewhere the global one applies); the XSTest safe prompts count as its safe prompts too.
 
 The rule: the lowest threshold that blocks at most ``target_false_block`` of the safe TRAIN prompts (a refusal
-budget, as in Constitutional Classifiers), reported with the unsafe block rate it buys. The TRAIN/EVAL parts are
-:func:`charter.splits.select`'s (XSTest siblings kept together), so the EVAL figures are on prompts the thresholds
-never saw. Checks are input checks (the prompt alone); every scoring call goes through a call cache.
+budget, as in Constitutional Classifiers), reported with the unsafe block rate it buys. Per-principle thresholds
+are set first; the XSTest safe prompts they already block spend the global threshold's budget, so the TRAIN
+figures of the whole rule are the ones printed (they exceed the budget only if the per-principle ones alone do).
+The TRAIN/EVAL parts are :func:`charter.splits.select`'s (XSTest siblings kept together), so the EVAL figures are
+on prompts the thresholds never saw. Checks are input checks (the prompt alone); every scoring call goes through a
+call cache.
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ def rates(items: Sequence[Labelled], scores: Sequence[Scores], blocking: Sequenc
 
 def _stat(s: Scores, pids: Sequence[str]) -> float | None:
     vals = [s.values.get(p) for p in pids]
-    return None if any(v is None for v in vals) else max(v for v in vals if v is not None)
+    return None if not vals or any(v is None for v in vals) else max(v for v in vals if v is not None)
 
 
 def calibrate(scorer: Scorer, principles: Sequence[Principle], blocking: Sequence[str], files: Sequence[str],
@@ -123,19 +126,29 @@ def calibrate(scorer: Scorer, principles: Sequence[Principle], blocking: Sequenc
     evals = [it for f in files for it in load_labelled(f, "eval", limit)]
     s_train = score_prompts(scorer, train, principles)
     s_eval = score_prompts(scorer, evals, principles)
-    xs = [(it, s) for it, s in zip(train, s_train, strict=True) if it.principle_id is None]
-    safe = [v for it, s in xs if not it.unsafe and (v := _stat(s, blocking)) is not None]
-    glob = pick_threshold(safe, target_false_block) if safe else 0.5
     per: dict[str, Any] = {}
+    # Safe prompts are safe under every principle: XSTest's safe prompts are negatives of each principle too.
+    general_safe = [s for it, s in zip(train, s_train, strict=True) if it.principle_id is None and not it.unsafe]
     for pid in blocking:
         mine = [(it, s) for it, s in zip(train, s_train, strict=True) if it.principle_id == pid]
-        pos = [s.values[pid] for it, s in mine if it.unsafe and s.values.get(pid) is not None]
-        neg = [v for it, s in mine if not it.unsafe and (v := s.values.get(pid)) is not None]
-        if len(pos) >= min_per_class and len(neg) >= min_per_class:
+        pos = [v for it, s in mine if it.unsafe and (v := s.values.get(pid)) is not None]
+        own = [v for it, s in mine if not it.unsafe and (v := s.values.get(pid)) is not None]
+        if len(pos) >= min_per_class and len(own) >= min_per_class:
+            neg = own + [v for s in general_safe if (v := s.values.get(pid)) is not None]
             t = pick_threshold(neg, target_false_block)
-            per[pid] = {"threshold": t, "train_n": {"unsafe": len(pos), "safe": len(neg)},
-                        "train_block_rate_unsafe": sum(v is not None and v >= t for v in pos) / len(pos)}
+            per[pid] = {"threshold": t, "train_n": {"unsafe": len(pos), "safe": len(own),
+                                                    "safe_general": len(neg) - len(own)},
+                        "train_block_rate_unsafe": sum(v >= t for v in pos) / len(pos)}
     thresholds = {pid: v["threshold"] for pid, v in per.items()}
+    # The global threshold covers the other principles; safe prompts the per-principle thresholds already block
+    # spend the same false-block budget, so the rule as a whole keeps it on the TRAIN part.
+    xs = [(it, s) for it, s in zip(train, s_train, strict=True) if it.principle_id is None]
+    rest = [pid for pid in blocking if pid not in thresholds]
+    safe = [s for it, s in xs if not it.unsafe and blocked(s, blocking, {}, 0.0) is not None]
+    spent = sum(bool(blocked(s, list(thresholds), thresholds, 1.0)) for s in safe)
+    free = [v for s in safe if not blocked(s, list(thresholds), thresholds, 1.0) and (v := _stat(s, rest)) is not None]
+    budget = max(0.0, (math.floor(target_false_block * len(safe) + 1e-9) - spent) / max(len(free), 1))
+    glob = pick_threshold(free, budget) if free else 0.5
 
     def part_rates(items: list[Labelled], scores: list[Scores], principle: str | None = None) -> dict[str, Any]:
         if principle is None:
@@ -153,6 +166,7 @@ def calibrate(scorer: Scorer, principles: Sequence[Principle], blocking: Sequenc
         "global": {"threshold": glob, "rule": f"lowest threshold blocking <= {target_false_block:g} of safe TRAIN "
                                               "prompts (max P(violates) over blocking principles)",
                    "train_n": {"safe": len(safe), "unsafe": sum(1 for it, _ in xs if it.unsafe)},
+                   "safe_blocked_by_per_principle": spent,
                    "train": part_rates(train, s_train), "eval": part_rates(evals, s_eval)},
         "principles": per,
         "data": list(files), "target_false_block": target_false_block, "blocking": list(blocking),
@@ -217,6 +231,6 @@ def calibrate_command(cfg: GuardConfig, files: list[str], out: str, target_false
              f"{pct(ev['false_block_rate_safe'])}",
              f"  per-principle thresholds: {len(entry['principles'])} ({per})",
              f"  cost: {entry['cost']['calls_per_check']:.1f} scoring calls and "
-             f"{entry['cost']['seconds_per_check'] * 1000:.0f} ms per check",
+             f"{entry['cost']['seconds_per_check'] * 1000:.0f} ms per check (readings from the call cache take ~0)",
              f"written to {path} (use it with `thresholds: {path}`)"]
     return "\n".join(lines)

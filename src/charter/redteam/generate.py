@@ -219,9 +219,11 @@ def write_prompts(cfg: RedTeamConfig, constitution: Constitution, writer: Cached
         outs = writer.generate(reqs, progress=ProgressPrinter("redteam", f"round {rnd + 1} prompts", quiet=quiet))
         for (p, seed, instruction), g in zip(owners, outs, strict=True):
             candidates[p.id] += 1
-            if len(kept[p.id]) >= cfg.per_principle or g.finish_reason == "error":
-                continue
             pool = benigns if p.area == "over_refusal" else attacks
+            if len(kept[p.id]) >= cfg.per_principle or g.finish_reason == "error":
+                why = "error" if g.finish_reason == "error" else "surplus"  # surplus: enough kept already
+                pool.dropped.setdefault(p.id, Counter())[why] += 1
+                continue
             if pool.offer(p.id, g.text, instruction) is None:
                 kept[p.id].append((pool.kept[-1], seed))
 
