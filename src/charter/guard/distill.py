@@ -120,8 +120,18 @@ def train_classifier(dcfg: DistillConfig, checks: Sequence[Check], labels: Seque
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     torch.manual_seed(dcfg.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        folder, num_labels=len(heads), problem_type="multi_label_classification", dtype=torch.float32)
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # "score.weight MISSING" is the point: the head is new
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            folder, num_labels=len(heads), problem_type="multi_label_classification", dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
     model.config.pad_token_id = tok.pad_token_id
     model.config.id2label = dict(enumerate(heads))
     model.config.label2id = {h: i for i, h in enumerate(heads)}

@@ -170,7 +170,15 @@ class ClassifierScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
         self.tokenizer.padding_side = "right"
         self.tokenizer.truncation_side = "left"
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.folder, dtype=torch.float32).eval()
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            self.model = AutoModelForSequenceClassification.from_pretrained(self.folder, dtype=torch.float32).eval()
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         self.heads: list[str] = list(self.meta["heads"])
         self.batch_size = batch_size
         self.max_tokens = max_tokens
