@@ -3,7 +3,8 @@
 The head starts at zero (as openai/weak-to-strong initialises its head), trains with Adam on minibatches, and is
 evaluated on the validation split after every epoch. The validation *targets* are whatever the caller passes:
 for a student they are the weak supervisor's labels, never ground truth (the sweep enforces it), and the epoch with
-the best AUROC against them (EleutherAI/w2s's ``val_auroc``; ties to the earlier epoch) is kept.
+the best accuracy against them (ties broken by AUROC, then to the earlier epoch) is kept. ``select: auroc`` is
+EleutherAI/w2s's ``val_auroc``; it ignores the threshold, so an early, badly calibrated epoch can win.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ class HeadConfig(BaseModel):
     lr: float = Field(default=0.01, gt=0, description="Adam learning rate.")
     batch_size: int = Field(default=32, ge=2, description="Items per step (logconf's quantile is per batch).")
     weight_decay: float = Field(default=1e-3, ge=0, description="L2 penalty on the weights (AdamW decay).")
-    select: Literal["auroc", "accuracy", "last"] = Field(
-        default="auroc", description="Checkpoint choice on the validation split: AUROC or accuracy against its "
-                                     "(weak) targets, or the last epoch.")
+    select: Literal["accuracy", "auroc", "last"] = Field(
+        default="accuracy", description="Checkpoint choice on the validation split: accuracy against its (weak) "
+                                        "targets (ties broken by AUROC), AUROC alone, or the last epoch.")
 
 
 @dataclass
@@ -67,10 +68,11 @@ def _score(cfg: HeadConfig, z: Any, t: Any) -> float:
     import numpy as np
 
     hard = np.asarray(t) > 0.5
-    if cfg.select == "accuracy":
-        return float(((np.asarray(z) > 0) == hard).mean())
+    acc = float(((np.asarray(z) > 0) == hard).mean())
     a = auroc(hard, z)
-    return float(((np.asarray(z) > 0) == hard).mean()) if a is None else a
+    if cfg.select == "accuracy":
+        return acc + 1e-3 * (a or 0.0)
+    return acc if a is None else a
 
 
 def train_head(x_train: Any, t_train: Any, x_val: Any, t_val: Any, loss: LossSpec, cfg: HeadConfig, seed: int,

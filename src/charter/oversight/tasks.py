@@ -109,7 +109,7 @@ class TaskConfig(BaseModel):
     max_train: int | None = Field(default=None, ge=4, description="Use at most this many training items.")
     max_test: int | None = Field(default=None, ge=2, description="Use at most this many test items.")
     n: int = Field(default=1200, ge=20, description="Synthetic tasks: items generated.")
-    difficulty: float = Field(default=0.35, ge=0, le=1,
+    difficulty: float = Field(default=0.25, ge=0, le=1,
                               description="Synthetic tasks: 'sentiment' = share of negated reviews (the label is the "
                                           "adjective's polarity flipped; 0.5 makes words alone useless); "
                                           "'arithmetic' = share of wrong sums that are off by 10 rather than by a "
@@ -311,7 +311,7 @@ def _synthetic_task(name: str, rows: list[tuple[str, int]], positive: str, quest
     return Task(name, "text", items, positive, question, {"synthetic": True, **info})
 
 
-def sentiment(n: int = 1200, negation: float = 0.35, seed: int = 0) -> Task:
+def sentiment(n: int = 1200, negation: float = 0.25, seed: int = 0) -> Task:
     """**Synthetic**: short reviews, label 1 = positive. A share ``negation`` is negated ("was not good"), which
     flips the label. A bag of words cannot represent the flip (label = polarity XOR negation is not linear in word
     counts), so its accuracy is capped near ``1 − negation``; a model that reads the sentence can do better."""
@@ -329,7 +329,7 @@ def sentiment(n: int = 1200, negation: float = 0.35, seed: int = 0) -> Task:
                            "Is this review positive?", {"negation": negation, "generator": f"sentiment:{seed}"})
 
 
-def arithmetic(n: int = 1200, hard_share: float = 0.35, digits: int = 2, seed: int = 0) -> Task:
+def arithmetic(n: int = 1200, hard_share: float = 0.25, digits: int = 2, seed: int = 0) -> Task:
     """**Synthetic**: sums "a + b = c", label 1 = correct. Half are wrong: off by 10 (a share ``hard_share``,
     same last digit — only a carry check tells) or by a random 1–9 (the last digit gives it away)."""
     rng = random.Random(f"arithmetic:{seed}:{digits}")
