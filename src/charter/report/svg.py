@@ -248,7 +248,7 @@ def dots(rows: Sequence[tuple[str, Interval | None, int]], title: str, name: str
     return "".join(out)
 
 
-def pgr_plot(rows: Sequence[tuple[str, Interval, int, bool]], title: str, name: str, label_width: int = 300,
+def pgr_plot(rows: Sequence[tuple[str, Interval, int, bool]], title: str, name: str, label_width: int = 340,
              lo: float = -0.5, hi: float = 1.5) -> str:
     """PGR per cell with its 95% interval: dashed lines at 0 (the weak supervisor) and 1 (the ceiling).
 
@@ -275,7 +275,7 @@ def pgr_plot(rows: Sequence[tuple[str, Interval, int, bool]], title: str, name: 
                    'stroke-dasharray="4 3"/>')
     for r, (label, iv, ci, trusted) in enumerate(rows):
         y = top + r * row_h + row_h / 2
-        out.append(_t(left - 8, y + 4, label if len(label) <= 48 else label[:47] + "…", 12, "end"))
+        out.append(_t(left - 8, y + 4, label if len(label) <= 46 else label[:45] + "…", 12, "end"))
         c = colour(ci)
         if iv.lo is not None and iv.hi is not None:
             out.append(f'<line class="mark" x1="{sx(iv.lo):.1f}" y1="{y:.1f}" x2="{sx(iv.hi):.1f}" y2="{y:.1f}" '
