@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from charter.backends.base import OptionScores, ScoreRequest
+from charter.backends.base import ScoreRequest
 from charter.oversight.finetune import FinetuneConfig
 from charter.oversight.heads import HeadConfig
 from charter.oversight.sweep import OversightConfig, partition, run_oversight

@@ -80,8 +80,8 @@ def cells(rows: Sequence[dict[str, Any]], min_gap: float = 0.05, rounds: int = 2
                        for k in ("weak", "ceiling", "student")})
         lengths = {len(r["correct"][k]) for r in runs for k in ("weak", "ceiling", "student")}
         if len(lengths) == 1:
-            boot = nested_bootstrap(*[[_bits(r["correct"][k]) for r in runs] for k in ("weak", "ceiling", "student")],
-                                    rounds=rounds, seed=seed)
+            w, c, s = ([_bits(r["correct"][k]) for r in runs] for k in ("weak", "ceiling", "student"))
+            boot = nested_bootstrap(w, c, s, rounds=rounds, seed=seed)
         else:
             boot = {"pgr_ci": None, "gap_ci": None, "undefined_share": None}
         cell.update(boot)

@@ -44,6 +44,7 @@ from charter.oversight.tasks import Task, TaskConfig, load_task
 from charter.records import short_hash
 
 Log = Callable[[str], None]
+DEFAULT_LOSSES: tuple[LossName, ...] = ("xent", "logconf")
 
 
 class OversightConfig(BaseModel):
@@ -58,7 +59,7 @@ class OversightConfig(BaseModel):
                                                                          "charter.oversight.models).")
     strong: list[str] = Field(default_factory=lambda: ["minilm", "probe:embedded"],
                               description="Strong students (model specs; not judge:).")
-    losses: list[LossName] = Field(default_factory=lambda: ["xent", "logconf"],
+    losses: list[LossName] = Field(default_factory=lambda: list(DEFAULT_LOSSES),
                                    description="Student losses: xent, logconf, product.")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="Seeds (partition, init, batches).")
     alpha: float = Field(default=0.5, ge=0, le=1, description="logconf: final weight of the student's own "
