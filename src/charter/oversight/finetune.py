@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from charter.errors import ConfigError
 from charter.oversight.heads import auroc
 from charter.oversight.losses import LossSpec, loss_value
 from charter.oversight.tasks import Task, render_response
@@ -132,7 +133,7 @@ def finetune_predict(folder: Path, task: Task, train: list[int], t_train: Any, v
         a = auroc(hard_val, z)
         return float(((z > 0) == hard_val).mean()) if a is None else a
 
-    best = (val_score(), 0, model.state())
+    best: tuple[float, int, Any] | None = None  # the untrained model (head at zero) is never a candidate
     step = 0
     model.body.train()
     for _ in range(cfg.epochs):
@@ -147,8 +148,11 @@ def finetune_predict(folder: Path, task: Task, train: list[int], t_train: Any, v
             step += 1
             if step % cfg.eval_every == 0 or step == steps:
                 score = val_score()
-                if score > best[0]:
+                if best is None or score > best[0]:
                     best = (score, step, model.state())
+    if best is None:
+        raise ConfigError(f"finetune {folder.name}: {len(train)} training items make no step of {cfg.batch_size}",
+                          "give more items or a smaller finetune.batch_size")
     log(f"finetune {folder.name} ({loss.name}): {step} steps, checkpoint at step {best[1]}")
     model.load(best[2])
     z = predict_on(predict)
