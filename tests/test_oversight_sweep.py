@@ -256,7 +256,7 @@ def test_report_draws_the_pgr_plots_in_chromium(tmp_path: Path, small_task: Task
             assert sum(1 for p in pixels if min(p) < 235) / (w * h) > 0.01, box["name"]
             assert any(tr._near(p, (0x00, 0x72, 0xB2)) for p in pixels)  # the strong model's colour
         text = b.js("document.getElementById('oversight').innerText")
-        assert "hand-none" in text and "undefined" in text and "left out of the summaries" in text
+        assert "hand-none" in text and "undefined" in text and "gap ≤ 0: excluded" in text
         assert "hand-gap" in text
         assert b.problems() == []
         full = b.js("document.documentElement.scrollHeight")

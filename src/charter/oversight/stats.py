@@ -86,6 +86,7 @@ def cells(rows: Sequence[dict[str, Any]], min_gap: float = 0.05, rounds: int = 2
             boot = {"pgr_ci": None, "gap_ci": None, "undefined_share": None}
         cell.update(boot)
         cell["warnings"] = gap_warnings(gap, boot.get("gap_ci"), min_gap, len(runs))
+        cell["flags"] = gap_flags(gap, boot.get("gap_ci"), min_gap, len(runs))
         cell["in_summary"] = gap > 0
         out.append(cell)
     return sorted(out, key=lambda c: tuple(c[k] for k in CELL_KEYS))
@@ -109,6 +110,20 @@ def gap_warnings(gap: float, gap_ci: Sequence[float] | None, min_gap: float, n_s
         out.append("the gap's 95% interval reaches 0: the ceiling may be no better than the weak supervisor")
     if n_seeds < 2:
         out.append("one seed only: the interval covers test items, not training randomness")
+    return out
+
+
+def gap_flags(gap: float, gap_ci: Sequence[float] | None, min_gap: float, n_seeds: int) -> list[str]:
+    """The same warnings as short tags, one per entry of :func:`gap_warnings`, in the same order."""
+    out = []
+    if gap <= 0:
+        out.append("gap ≤ 0: excluded")
+    elif gap < min_gap:
+        out.append(f"gap < {min_gap * 100:.0f} pts")
+    if gap > 0 and gap_ci is not None and gap_ci[0] <= 0:
+        out.append("gap CI reaches 0")
+    if n_seeds < 2:
+        out.append("1 seed")
     return out
 
 

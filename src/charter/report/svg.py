@@ -253,13 +253,13 @@ def pgr_plot(rows: Sequence[tuple[str, Interval, int, bool]], title: str, name: 
     """PGR per cell with its 95% interval: dashed lines at 0 (the weak supervisor) and 1 (the ceiling).
 
     A row is ``(label, PGR, colour index, trusted)``; untrusted cells (small gap) are drawn hollow. The axis spans
-    ``[lo, hi]`` widened to the data within [-2, 3]; values beyond the axis are drawn at its edge as arrows."""
+    ``[lo, hi]`` widened to the data within [-1, 2]; values beyond the axis are drawn at its edge as arrows."""
     w, row_h, left, right, top = 760, 24, label_width, 60, 26
     h = top + len(rows) * row_h + 34
     pw = w - left - right
     vals = [v for _, iv, _, _ in rows for v in (iv.value, iv.lo, iv.hi) if v is not None]
-    lo = max(-2.0, min([lo, *vals]))
-    hi = min(3.0, max([hi, *vals]))
+    lo = max(-1.0, min([lo, *vals]))
+    hi = min(2.0, max([hi, *vals]))
 
     def sx(v: float) -> float:
         return left + (min(max(v, lo), hi) - lo) / (hi - lo) * pw
