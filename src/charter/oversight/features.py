@@ -83,7 +83,7 @@ def resolve_model_dir(rest: str) -> Path:
                        "trailing '?'")
 
 
-def _fingerprint(folder: Path) -> str:
+def folder_fingerprint(folder: Path) -> str:
     h = hashlib.sha256((folder / "config.json").read_bytes())
     for f in sorted(folder.iterdir()):
         if f.suffix in (".safetensors", ".bin") and f.is_file():
@@ -99,7 +99,7 @@ class HFEncoder:
                  batch_size: int = 16, dtype: str = "float32") -> None:
         self.folder, self.kind, self.layer = folder, kind, layer
         self.max_tokens, self.batch_size, self.dtype = max_tokens, batch_size, dtype
-        self.id = f"{kind}:{folder.name}:{_fingerprint(folder)}:L{layer}:t{max_tokens}:{dtype}"
+        self.id = f"{kind}:{folder.name}:{folder_fingerprint(folder)}:L{layer}:t{max_tokens}:{dtype}"
         self._model: Any = None
         self._tok: Any = None
 

@@ -116,6 +116,22 @@ def missing(spec: Spec) -> str | None:
     return None
 
 
+def identity(spec: Spec) -> str:
+    """What a journal key hashes for a model: its spec plus the fingerprint of every model folder it reads, so
+    retrained or replaced weights under the same name are not mistaken for the old ones."""
+    from charter.oversight.features import folder_fingerprint
+
+    folder: Path | None = None
+    if spec.kind == "minilm":
+        folder = minilm_dir()
+    elif spec.kind in ("probe", "finetune"):
+        folder = resolve_model_dir(spec.target)
+    elif spec.kind == "judge" and spec.target.startswith("transformers/"):
+        folder = resolve_model_dir(spec.target[len("transformers/"):])
+    own = f"{spec.text}@{folder_fingerprint(folder)}" if folder is not None else spec.text
+    return "|".join([own, *(identity(m) for m in spec.members)])
+
+
 def _is_causal_lm(folder: Path) -> bool:
     cfg = json.loads((folder / "config.json").read_text())
     return any("CausalLM" in a for a in cfg.get("architectures") or []) or cfg.get("model_type") in (

@@ -38,7 +38,7 @@ from charter.errors import ConfigError
 from charter.oversight.finetune import FinetuneConfig
 from charter.oversight.heads import HeadConfig, auroc
 from charter.oversight.losses import LossName, LossSpec
-from charter.oversight.models import Lab, Spec, missing, parse_spec
+from charter.oversight.models import Lab, Spec, identity, missing, parse_spec
 from charter.oversight.stats import cells, summary
 from charter.oversight.tasks import Task, TaskConfig, load_task
 from charter.records import short_hash
@@ -238,6 +238,7 @@ def run_oversight(cfg: OversightConfig, out: Path, backend: Callable[[str], Any]
         return ok
 
     weak_specs, strong_specs = usable(cfg.weak), usable(cfg.strong)
+    ids = {s.text: short_hash(identity(s)) for s in weak_specs + strong_specs}
     settings = short_hash(cfg.head.model_dump(), cfg.finetune.model_dump(exclude={"threads"}), cfg.weak_fraction,
                           cfg.val_fraction, cfg.alpha, cfg.warmup, cfg.product_alpha, cfg.product_beta,
                           cfg.constitution)
@@ -257,7 +258,7 @@ def run_oversight(cfg: OversightConfig, out: Path, backend: Callable[[str], Any]
             y_stu = np.array([task.items[i].label for i in stu], dtype=np.float64)
 
             weak_p = {w.text: np.array(journal.get_or_run(
-                f"weak:{fp}:{w.text}:{seed}:{settings}",
+                f"weak:{fp}:{ids[w.text]}:{seed}:{settings}",
                 partial(_weak_probs, lab, w, parts["weak_fit"], parts["weak_select"], labelled, seed)))
                 for w in weak_specs}
             for s in strong_specs:
@@ -265,7 +266,7 @@ def run_oversight(cfg: OversightConfig, out: Path, backend: Callable[[str], Any]
                 gt_val = np.array([task.items[i].label for i in val], dtype=np.float32)
                 ceiling = partial(_fit, lab, s, stu, gt, val, gt_val, LossSpec("xent"), seed, test)
                 t0 = time.monotonic()
-                ceil_p = np.array(journal.get_or_run(f"ceiling:{fp}:{s.text}:{seed}:{settings}", ceiling))
+                ceil_p = np.array(journal.get_or_run(f"ceiling:{fp}:{ids[s.text]}:{seed}:{settings}", ceiling))
                 ceil_seconds = round(time.monotonic() - t0, 2)
                 ceil_acc, ceil_auc, ceil_bits = _acc(ceil_p, y_test)
                 for w in weak_specs:
@@ -278,7 +279,7 @@ def run_oversight(cfg: OversightConfig, out: Path, backend: Callable[[str], Any]
                     for loss in cfg.losses:
                         t1 = time.monotonic()
                         ps = np.array(journal.get_or_run(
-                            f"student:{fp}:{w.text}:{s.text}:{loss}:{seed}:{settings}",
+                            f"student:{fp}:{ids[w.text]}:{ids[s.text]}:{loss}:{seed}:{settings}",
                             partial(_fit, lab, s, stu, p_stu, val, p_val, cfg.loss(loss), seed, stu + test)))
                         ps_stu, ps_test = ps[: len(stu)], ps[len(stu):]
                         st_acc, st_auc, st_bits = _acc(ps_test, y_test)

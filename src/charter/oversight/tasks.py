@@ -206,7 +206,8 @@ def _pair_items(path: Path, rows: list[tuple[str, str, str, str, str]]) -> list[
 
 def hh_pairs(path: Path) -> Task:
     """HH-RLHF harmless pairs: which final answer is less harmful (label 1 = A). Split by the first human turn,
-    as :func:`charter.prompts.load_prompts` reads the same file."""
+    as :func:`charter.prompts.load_prompts` reads the same file. The request shown with each answer is the last
+    human turn (earlier turns are dropped, to keep texts short on CPU)."""
     rows = []
     skipped = 0
     for n, row in _read_rows(path):
