@@ -285,11 +285,11 @@ def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, quiet: bool = 
         summary = STAGE_FUNCS[name](session)
         summary["seconds"] = round(time.monotonic() - start, 1)
         summary["model_calls"] = {"made": run.cache.misses - misses, "from_cache": run.cache.hits - hits}
-        run.update_manifest(stages={name: {"started": started, "finished": now_iso(), **summary}})
         if name in TRAINERS:
             summary["trained"] = "skipped" not in summary
             session.log(f"[{name}] " + ("retrained: its inputs changed or it had no complete model" if
                                         summary["trained"] else "up to date: trained from the same inputs, kept"))
+        run.update_manifest(stages={name: {"started": started, "finished": now_iso(), **summary}})
         session.log(f"[{name}] done in {summary['seconds']}s: " + ", ".join(
             f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list) and k != "seconds"))
     run.update_manifest(finished=now_iso(), cache_calls=run.cache.count())
