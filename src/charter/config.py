@@ -110,6 +110,8 @@ class RunConfig(BaseModel):
     online: dict[str, Any] = Field(default_factory=dict, description="OnlineConfig fields (GRPO).")
     eval: dict[str, Any] = Field(default_factory=dict, description="EvalConfig fields (base vs trained models).")
     report: dict[str, Any] = Field(default_factory=dict, description="(no fields) the HTML report.")
+    audit: dict[str, Any] = Field(default_factory=dict, description="AuditConfig fields (charter.audit, issue 15); "
+                                                             "enabled=true audits the prompt files first.")
 
     @model_validator(mode="after")
     def _check_stages(self) -> RunConfig:

@@ -130,6 +130,33 @@ def _trim_prefix(text: str) -> str:
     return text.rstrip()
 
 
+_STOPS = ".。!！?？;；,，:： \t"
+
+
+_ENDS = "。！？.!?"
+
+
+def _cut_content(text: str, carriers: list[str], min_chars: int, suffix: bool) -> str:
+    """A shared affix can reach into the paragraphs' own text when they happen to end (or begin) alike:
+    '…了。【watermark】', 'BREAKING: The …'. Cut it at a sentence end (or, for a prefix, a colon) when the part
+    beyond the cut is ordinary text: it also occurs elsewhere in most of the paragraphs that carry the affix."""
+    cuts = []
+    for p in range(1, len(text)):
+        prev, nxt = text[p - 1], text[p]
+        if (suffix and prev in _ENDS and not nxt.isalnum()) or \
+                (not suffix and prev in _ENDS + ":：" and (nxt == " " or prev in "。：")):
+            cuts.append(p)
+    for p in (cuts if suffix else reversed(cuts)):
+        part = text[:p] if suffix else text[p:].strip()
+        keep = text[p:].lstrip(_STOPS) if suffix else text[:p].rstrip()
+        if len(keep) < min_chars or not part:
+            continue
+        rest = [u[: len(u) - len(text)] if suffix else u[len(text):] for u in carriers]
+        if sum(1 for r in rest if part in r) >= 0.5 * len(carriers):
+            return _cut_content(keep, carriers, min_chars, suffix)
+    return text
+
+
 def find_affixes(units: list[str], cfg: AuditConfig) -> list[dict[str, Any]]:
     """Prefixes and suffixes that recur on at least ``boilerplate_share`` of the distinct paragraphs."""
     distinct = sorted(set(units))
@@ -139,9 +166,10 @@ def find_affixes(units: list[str], cfg: AuditConfig) -> list[dict[str, Any]]:
         rev = position == "suffix"
         found = common_prefixes([u[::-1] if rev else u for u in distinct], need, cfg.boilerplate_min_chars)
         for raw, _ in found:
-            text = _trim_prefix(raw)[::-1].lstrip() if rev else _trim_prefix(raw)
-            if rev and len(text) > 1 and not text[0].isalnum() and text[1] == " ":
-                text = text[2:]  # leave the paragraph's own full stop
+            # a suffix may start with the paragraphs' own full stop: leave it to them
+            text = _trim_prefix(raw)[::-1].lstrip(_STOPS) if rev else _trim_prefix(raw)
+            carriers = [u for u in distinct if (u.endswith(text) if rev else u.startswith(text))]
+            text = _cut_content(text, carriers, cfg.boilerplate_min_chars, rev)
             if len(text) < cfg.boilerplate_min_chars:
                 continue
             n = sum(1 for u in distinct if (u.endswith(text) if rev else u.startswith(text)) and u != text)
@@ -228,7 +256,7 @@ def spam(items: list[Item], cfg: AuditConfig) -> Finding:
         for where, text in it.texts():
             sig = spam_signals(text)
             if sig:
-                kinds.update(sig)
+                kinds.update(list(sig))
                 hits.setdefault(it.line, Example(file=it.file, line=it.line, text=snippet(text),
                                                  detail={"where": where, **sig}))
     return _finding("spam", f"{len(hits)} records look like spam/SEO", hits, cfg, signals=dict(kinds))
@@ -298,7 +326,7 @@ def encoding(items: list[Item], cfg: AuditConfig) -> Finding:
             if _INVISIBLE.search(text):
                 sig["invisible_chars"] = [f"U+{ord(c):04X}" for c in sorted(set(_INVISIBLE.findall(text)))][:5]
             if sig:
-                kinds.update(sig)
+                kinds.update(list(sig))
                 hits.setdefault(it.line, Example(file=it.file, line=it.line, text=snippet(text),
                                                  detail={"where": where, **sig}))
     return _finding("encoding", f"{len(hits)} records show encoding damage", hits, cfg, signals=dict(kinds))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -203,10 +203,11 @@ def token_facts(x: dict[str, Any]) -> str:
     return f"#{x['id']} {x['text']!r}: " + ", ".join(facts)
 
 
-def audit_run_inputs(cfg: Any, run_dir: Path) -> list[str]:
+def audit_run_inputs(cfg: Any, run_dir: Path, log: Callable[[str], None] | None = None) -> list[str]:
     """``charter run``: audit the run's prompt files (and its evaluation files, for contamination), write
-    ``RUN/audit.json``, and return one warning per finding. Nothing is dropped. Returns [] unless
-    ``audit.enabled`` is set in the run config (``cfg.audit``, a dict of :class:`AuditConfig` fields)."""
+    ``RUN/audit.json``, and return one warning per finding (each also passed to ``log`` as ``[audit] ...``).
+    Nothing is dropped. Does nothing unless ``audit.enabled`` is set in the run config (``cfg.audit``, a dict
+    of :class:`AuditConfig` fields)."""
     acfg = AuditConfig.model_validate(getattr(cfg, "audit", None) or {})
     if not acfg.enabled:
         return []
@@ -219,6 +220,8 @@ def audit_run_inputs(cfg: Any, run_dir: Path) -> list[str]:
     evals = [ev[k] for k in ("red_team", "benign", "helpful") if ev.get(k) and ev[k] not in train]
     audit = audit_files(train, evals, acfg, field=pc.field, fmt=pc.format)
     write_audit(audit, Path(run_dir) / "audit.json")
+    for w in audit["warnings"] if log else []:
+        log(f"[audit] {w}")  # type: ignore[misc]
     return list(audit["warnings"])
 
 

@@ -5,15 +5,18 @@ gambling and porn phrases; the same tokens were barely seen in training, so the 
 where they started ("glitch" tokens). The audit shows a vocabulary the way that case was found, without a word list:
 
 - **scripts**: the share of the vocabulary per Unicode script, and the longest tokens of each script;
-- **long tokens**: tokens long for their script (at least the script's 99.9th length percentile, and at least 5
-  characters for scripts written without spaces, 12 otherwise) or holding several words;
+- **long tokens**: tokens long for their script (at least the script's 99th length percentile, and at least 4
+  characters for scripts written without spaces, 12 otherwise) or holding three or more words;
 - **under-trained tokens** from the model's own weights (Land & Bartolo 2024, "Fishing for Magikarp"; Rumbelow &
-  Watkins 2023): an embedding row (input embedding, and the unembedding when not tied) whose distance from the mean
-  row is ``norm_z`` robust standard deviations below the median — a token that training barely moved;
+  Watkins 2023): with reference tokens known to be unused — single bytes that valid UTF-8 never holds (0xC0, 0xC1,
+  0xF5–0xFF), else the unreachable tokens — a row (input embedding, and the unembedding when not tied) whose cosine
+  with the reference rows' mean (rows centred, first principal component removed) lies ``norm_z`` robust standard
+  deviations above the median; without references, a row ``norm_z`` robust SDs closer to the mean row than usual;
 - **unseen tokens**: tokens that never appear when the given reference corpus is tokenized (a script the corpus
   does not write in is not judged);
 - **unreachable tokens**: a token whose own text does not encode back to it;
-- **flagged (spam-like)**: long or multi-word tokens that are also under-trained or unseen.
+- **flagged (spam-like)**: long or multi-word tokens that are also under-trained (or, with no weights to read,
+  unseen in the reference corpus).
 """
 
 from __future__ import annotations
@@ -114,11 +117,12 @@ def _weights(folder: Path, n: int, reference: set[int]) -> dict[str, Any]:
         with safe_open(str(f), framework="pt") as st:
             w = st.get_tensor(key)
         rows = min(n, w.shape[0])
-        mean = w[:rows].float().mean(dim=0)
+        w = w[:rows].float()  # 151936 × 1536 is 0.9 GB in float32
+        mean = w.mean(dim=0)
         dist = np.empty(rows, dtype=np.float64)
-        chunks = [(lo, min(rows, lo + 8192)) for lo in range(0, rows, 8192)]  # float32 one chunk at a time
+        chunks = [(lo, min(rows, lo + 8192)) for lo in range(0, rows, 8192)]
         for lo, hi in chunks:
-            dist[lo:hi] = (w[lo:hi].float() - mean).norm(dim=1).double().numpy()
+            dist[lo:hi] = (w[lo:hi] - mean).norm(dim=1).double().numpy()
         entry: dict[str, Any] = {"key": key, "dist": dist, "dist_z": _robust_z(dist)}
         if len(ref) >= 3:
             gen = torch.Generator().manual_seed(0)
@@ -126,12 +130,12 @@ def _weights(folder: Path, n: int, reference: set[int]) -> dict[str, Any]:
             for _ in range(30):  # power iteration for the first principal component of the centred rows
                 acc = torch.zeros_like(v)
                 for lo, hi in chunks:
-                    c = w[lo:hi].float() - mean
+                    c = w[lo:hi] - mean
                     acc += c.T @ (c @ v)
                 v = acc / acc.norm()
 
             def clean(x: Any) -> Any:
-                c = x.float() - mean
+                c = x - mean
                 return c - (c @ v)[:, None] * v[None, :]
 
             target = clean(w[ref]).mean(dim=0)
@@ -166,15 +170,17 @@ def audit_tokenizer(spec: str, cfg: AuditConfig, corpus: list[str] | None = None
     lengths: dict[str, list[int]] = defaultdict(list)
     for i in ids:
         lengths[scripts[i]].append(len(core[i]))
-    floor_of = {s: (5 if s in _NOSPACE or s == "Japanese" else 12) for s in lengths}
-    long_at = {s: max(floor_of[s], _quantile(v, 0.999)) for s, v in lengths.items()}
+    floor_of = {s: (4 if s in _NOSPACE or s == "Japanese" else 12) for s in lengths}
+    long_at = {s: max(floor_of[s], _quantile(v, 0.99)) for s, v in lengths.items()}
 
     # reachability: does the token's own text encode back to exactly this token?
     probe = [i for i in ids if scripts[i] not in ("special", "bytes") and text_of[i]]
     enc = tok.encode_batch([text_of[i] for i in probe], add_special_tokens=False)
     unreachable = {i for i, e in zip(probe, enc, strict=True) if e.ids != [i]}
 
-    reference = never_utf8_tokens(tok) | unreachable
+    reference = never_utf8_tokens(tok)
+    if len(reference) < 3:  # no byte tokens: the unreachable tokens are the next best guess at unused ones
+        reference |= unreachable
     weights = _weights(folder, n, reference) if folder is not None else {}
     under: dict[int, dict[str, float]] = defaultdict(dict)
     extremes: dict[str, list[tuple[int, float]]] = {}
@@ -218,7 +224,10 @@ def audit_tokenizer(spec: str, cfg: AuditConfig, corpus: list[str] | None = None
         return len(core[i]) >= long_at[sc] or (sc not in _NOSPACE and len(core[i].split()) >= 3)
 
     long_ids = [i for i in ids if is_long(i)]
-    flagged = [i for i in long_ids if i in under or (seen is not None and scripts[i] in judged and seen[i] == 0)]
+    if weights:  # the weights say what training saw; a reference corpus only adds a fact to each token
+        flagged = [i for i in long_ids if i in under]
+    else:
+        flagged = [i for i in long_ids if seen is not None and scripts[i] in judged and seen[i] == 0]
     long_set, flagged_set = set(long_ids), set(flagged)
     per_script: dict[str, Any] = {}
     by_script: dict[str, list[int]] = defaultdict(list)
