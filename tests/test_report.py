@@ -269,6 +269,9 @@ def test_report_renders_in_chromium_without_errors_and_draws_its_plots(report_ru
     after = b.js("document.getElementById('count').textContent")
     shown, total = map(int, re.findall(r"\d+", after))
     assert before.startswith(f"{total} of {total}") and 0 < shown < total
+    audit = b.js("(() => { const r = document.getElementById('audit').getBoundingClientRect();"
+                 " return [r.height, document.querySelectorAll('#audit table.audit tr').length]; })()")
+    assert audit[0] > 200 and audit[1] > 5  # the data-audit section (issue 15) is laid out, with its rows
     full = b.js("document.documentElement.scrollHeight")
     (tmp_path / "report.png").write_bytes(b.screenshot(0, 0, 1280, min(full, 6000), scale=0.5))
     assert b.problems() == []

@@ -26,8 +26,8 @@ class AuditConfig(BaseModel):
     ngram: int = Field(default=13, ge=3, description="Contamination: tokens per n-gram shared with a training "
                                                      "text (13, as in GPT-3's contamination study).")
     norm_z: float = Field(default=3.0, gt=0.0, description="Tokenizer: a token is under-trained when its embedding "
-                                                           "row lies this many robust SDs below the median distance "
-                                                           "from the mean embedding.")
+                                                           "row's under-training indicator lies this many robust SDs "
+                                                           "beyond the median (charter.audit.tokenizer).")
     max_examples: int = Field(default=5, ge=1, description="Examples kept per finding.")
     max_tokens: int = Field(default=15, ge=1, description="Tokenizer: longest tokens listed per script.")
 

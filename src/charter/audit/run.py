@@ -167,7 +167,7 @@ def _finding_lines(x: Finding, examples: int) -> list[str]:
     return out
 
 
-def tokenizer_lines(t: dict[str, Any], per_script: int = 8) -> list[str]:
+def tokenizer_lines(t: dict[str, Any], per_script: int = 8, flagged_per_script: int = 12) -> list[str]:
     """A tokenizer audit as text: vocabulary share and longest tokens per script, flagged tokens and signals."""
     w = t.get("weights") or {}
     lines = [f"== tokenizer {t['spec']}: {t['vocab']} tokens ({t['added_tokens']} added), {t['long']} long, "
@@ -182,8 +182,12 @@ def tokenizer_lines(t: dict[str, Any], per_script: int = 8) -> list[str]:
         longest = ", ".join(repr(x["text"]) for x in e["longest"][:per_script])
         lines.append(f"   {sc:<10} {e['tokens']:>7} ({e['share']:.2%})  long {e['long']:>4}  flagged "
                      f"{e['flagged']:>4}  longest: {longest}")
-    for x in t["flagged"][:20]:
-        lines.append("   flagged " + token_facts(x))
+    shown: dict[str, int] = {}
+    for x in t["flagged"]:
+        sc = x.get("script", "")
+        shown[sc] = shown.get(sc, 0) + 1
+        if shown[sc] <= flagged_per_script:
+            lines.append(f"   flagged {sc:<9} " + token_facts(x))
     for x in t["under_trained_tokens"][:10]:
         lines.append("   under-trained " + token_facts(x))
     return lines

@@ -205,7 +205,7 @@ def audit_tokenizer(spec: str, cfg: AuditConfig, corpus: list[str] | None = None
         judged = {s for s, c in corpus_letters.items() if c >= 1000} | {"Common"}
 
     def signals(i: int) -> dict[str, Any]:
-        s: dict[str, Any] = {"id": i, "text": text_of[i], "chars": len(core[i])}
+        s: dict[str, Any] = {"id": i, "text": text_of[i], "script": scripts[i], "chars": len(core[i])}
         words = len(core[i].split())
         if words > 1:
             s["words"] = words
@@ -258,12 +258,20 @@ def audit_tokenizer(spec: str, cfg: AuditConfig, corpus: list[str] | None = None
         "corpus": {"texts": len(corpus), "scripts_judged": sorted(judged)} if corpus else None,
         "scripts": per_script,
         "long": len(long_ids), "unreachable": len(unreachable), "under_trained": len(under),
-        "flagged": [signals(i) for i in sorted(flagged, key=lambda i: (-len(core[i]), i))][:200],
+        "flagged": [signals(i) for i in _per_script(flagged, scripts, core, 30)],
         "flagged_count": len(flagged),
         "under_trained_tokens": [signals(i) for i in sorted(under, key=lambda i: -max(map(abs, under[i].values())))
                                  ][:50],
         "unreachable_tokens": [signals(i) for i in sorted(unreachable)][:30],
     }
+
+
+def _per_script(ids: list[int], scripts: dict[int, str], core: dict[int, str], k: int) -> list[int]:
+    """The ``k`` longest of ``ids`` in each script, script by script."""
+    by: dict[str, list[int]] = defaultdict(list)
+    for i in sorted(ids, key=lambda i: (-len(core[i]), i)):
+        by[scripts[i]].append(i)
+    return [i for members in by.values() for i in members[:k]]
 
 
 def _quantile(values: list[int], q: float) -> int:
