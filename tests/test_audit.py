@@ -18,11 +18,14 @@ from charter.audit.load import load_items
 from charter.audit.run import audit_files, audit_run_inputs
 
 CFG = AuditConfig()
-EN_WORDS = ("river market council winter garden teacher harbour engine village bridge festival library season "
-            "farmer railway museum storm orchard factory island").split()
-EN_VERBS = "opened closed visited repaired painted crossed praised measured".split()
-ZH_NOUNS = "城市 河流 学校 医院 公园 工厂 农民 老师 图书馆 铁路 博物馆 花园 市场 桥梁 村庄 港口 季节 节日".split()
-ZH_VERBS = "参观了 修好了 打开了 关闭了 描述了 称赞了 测量了 穿过了".split()
+EN_WORDS = [
+    "river", "market", "council", "winter", "garden", "teacher", "harbour", "engine", "village", "bridge",
+    "festival", "library", "season", "farmer", "railway", "museum", "storm", "orchard", "factory", "island"
+]
+EN_VERBS = ["opened", "closed", "visited", "repaired", "painted", "crossed", "praised", "measured"]
+ZH_NOUNS = ["城市", "河流", "学校", "医院", "公园", "工厂", "农民", "老师", "图书馆",
+            "铁路", "博物馆", "花园", "市场", "桥梁", "村庄", "港口", "季节", "节日"]
+ZH_VERBS = ["参观了", "修好了", "打开了", "关闭了", "描述了", "称赞了", "测量了", "穿过了"]
 
 
 def en_sentence(r: random.Random) -> str:

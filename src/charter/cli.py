@@ -593,7 +593,7 @@ def serve(model: str, host: str, port: int, token_env: str, batch_size: int, nam
 @click.option("--out", "-o", type=click.Path(file_okay=False), help="Folder for audit.json (e.g. a run folder).")
 @click.option("--field", default="prompt", show_default=True, help="JSONL key / CSV column of the prompt.")
 @click.option("--format", "fmt", default="auto", show_default=True, help="auto, jsonl, hh, csv, tsv or text.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="An AuditConfig field, e.g. near_threshold=0.8.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="AuditConfig field, e.g. near_threshold=0.8.")
 @click.option("--examples", default=2, show_default=True, help="Examples printed per finding.")
 @handles_errors
 def audit_command(files: tuple[str, ...], evals: tuple[str, ...], tokenizers: tuple[str, ...],

@@ -69,7 +69,7 @@ def near_duplicates(items: list[Item], cfg: AuditConfig) -> Finding:
     sets = [shingles(it.full_text(), cfg.shingle) for it in keep]
     pairs = near_duplicate_pairs(sets, cfg.near_threshold)
     best: dict[int, float] = defaultdict(float)
-    for i, j, sim in pairs:
+    for _i, j, sim in pairs:
         best[j] = max(best[j], sim)
     hits: dict[int, Example] = {}
     for g in groups(len(keep), ((i, j) for i, j, _ in pairs)):

@@ -137,7 +137,7 @@ def summary(audit: dict[str, Any], examples: int = 2) -> str:
     lines: list[str] = []
     for f in audit["files"]:
         lines.append(f"== {f['path']}: {f['records']} {f['kind']} records"
-                     f"{f', ' + str(len(f['skipped'])) + ' lines skipped' if f['skipped'] else ''}; scripts "
+                     f"{', ' + str(len(f['skipped'])) + ' lines skipped' if f['skipped'] else ''}; scripts "
                      + ", ".join(f"{k} {v}" for k, v in f["scripts"].items()))
         for x in f["findings"]:
             lines += _finding_lines(Finding.model_validate(x), examples)

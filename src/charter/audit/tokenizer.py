@@ -95,6 +95,12 @@ def never_utf8_tokens(tok: Any) -> set[int]:
     return {i for s in spellings if (i := tok.token_to_id(s)) is not None}
 
 
+def _clean(x: Any, mean: Any, v: Any) -> Any:
+    """Rows centred on ``mean`` with their component along the unit vector ``v`` removed."""
+    c = x - mean
+    return c - (c @ v)[:, None] * v[None, :]
+
+
 def _weights(folder: Path, n: int, reference: set[int]) -> dict[str, Any]:
     """Per weight matrix (embedding, unembedding): each token row's robust z-score of its distance from the mean
     row, and — when there are reference tokens known to be unused — Land & Bartolo's indicator: the cosine of the
@@ -134,15 +140,11 @@ def _weights(folder: Path, n: int, reference: set[int]) -> dict[str, Any]:
                     acc += c.T @ (c @ v)
                 v = acc / acc.norm()
 
-            def clean(x: Any) -> Any:
-                c = x - mean
-                return c - (c @ v)[:, None] * v[None, :]
-
-            target = clean(w[ref]).mean(dim=0)
+            target = _clean(w[ref], mean, v).mean(dim=0)
             target = target / target.norm()
             cos = np.empty(rows, dtype=np.float64)
             for lo, hi in chunks:
-                c = clean(w[lo:hi])
+                c = _clean(w[lo:hi], mean, v)
                 cos[lo:hi] = ((c @ target) / c.norm(dim=1).clamp_min(1e-12)).double().numpy()
             entry.update(cos=cos, cos_z=_robust_z(cos))
         out[role] = entry
@@ -244,7 +246,7 @@ def audit_tokenizer(spec: str, cfg: AuditConfig, corpus: list[str] | None = None
         if seen is not None and sc in judged:
             entry["unseen"] = sum(1 for i in members if seen[i] == 0)
         per_script[sc] = entry
-    weights_info = {role: {"tensor": w["key"], "median_distance": round(float(_median(w["dist"])), 4),
+    weights_info: dict[str, Any] = {role: {"tensor": w["key"], "median_distance": round(float(_median(w["dist"])), 4),
                            "signal": "indicator_z" if "cos_z" in w else "distance_z",
                            **({"tied": w["tied"]} if "tied" in w else {})} for role, w in weights.items()}
     for role, top in extremes.items():
@@ -258,7 +260,7 @@ def audit_tokenizer(spec: str, cfg: AuditConfig, corpus: list[str] | None = None
         "corpus": {"texts": len(corpus), "scripts_judged": sorted(judged)} if corpus else None,
         "scripts": per_script,
         "long": len(long_ids), "unreachable": len(unreachable), "under_trained": len(under),
-        "flagged": [signals(i) for i in _per_script(flagged, scripts, core, 30)],
+        "flagged": [signals(i) for i in _per_script(flagged, scripts, core, 30, under)],
         "flagged_count": len(flagged),
         "under_trained_tokens": [signals(i) for i in sorted(under, key=lambda i: -max(map(abs, under[i].values())))
                                  ][:50],
@@ -266,10 +268,11 @@ def audit_tokenizer(spec: str, cfg: AuditConfig, corpus: list[str] | None = None
     }
 
 
-def _per_script(ids: list[int], scripts: dict[int, str], core: dict[int, str], k: int) -> list[int]:
-    """The ``k`` longest of ``ids`` in each script, script by script."""
+def _per_script(ids: list[int], scripts: dict[int, str], core: dict[int, str], k: int,
+                under: dict[int, dict[str, float]]) -> list[int]:
+    """The ``k`` longest of ``ids`` in each script (most under-trained first among equals), script by script."""
     by: dict[str, list[int]] = defaultdict(list)
-    for i in sorted(ids, key=lambda i: (-len(core[i]), i)):
+    for i in sorted(ids, key=lambda i: (-len(core[i]), -max(under.get(i, {0: 0.0}).values()), i)):
         by[scripts[i]].append(i)
     return [i for members in by.values() for i in members[:k]]
 
