@@ -210,9 +210,10 @@ def token_facts(x: dict[str, Any]) -> str:
 def audit_run_inputs(cfg: Any, run_dir: Path, log: Callable[[str], None] | None = None) -> list[str]:
     """``charter run``: audit the run's prompt files (and its evaluation files, for contamination), write
     ``RUN/audit.json``, and return one warning per finding (each also passed to ``log`` as ``[audit] ...``).
-    Nothing is dropped. Does nothing unless ``audit.enabled`` is set in the run config (``cfg.audit``, a dict
-    of :class:`AuditConfig` fields)."""
-    acfg = AuditConfig.model_validate(getattr(cfg, "audit", None) or {})
+    Nothing is dropped. Does nothing unless ``audit.enabled`` is set in the run config (``cfg.audit``, an
+    :class:`AuditConfig` or a dict of its fields)."""
+    raw = getattr(cfg, "audit", None) or {}
+    acfg = raw if isinstance(raw, AuditConfig) else AuditConfig.model_validate(raw)
     if not acfg.enabled:
         return []
     bundled = resources.files("charter").joinpath("data", "prompts")
@@ -220,8 +221,9 @@ def audit_run_inputs(cfg: Any, run_dir: Path, log: Callable[[str], None] | None 
     train = [pc.red_team or str(bundled.joinpath("red_team.jsonl"))]
     if pc.helpful or pc.helpful is None:
         train.append(pc.helpful or str(bundled.joinpath("helpful.jsonl")))
-    ev = getattr(cfg, "eval", {}) or {}
-    evals = [ev[k] for k in ("red_team", "benign", "helpful") if ev.get(k) and ev[k] not in train]
+    ev = getattr(cfg, "eval", None) or {}
+    get = ev.get if isinstance(ev, dict) else (lambda k: getattr(ev, k, None))
+    evals = [str(get(k)) for k in ("red_team", "benign", "helpful") if get(k) and get(k) not in train]
     audit = audit_files(train, evals, acfg, field=pc.field, fmt=pc.format)
     write_audit(audit, Path(run_dir) / "audit.json")
     for w in audit["warnings"] if log else []:
