@@ -95,12 +95,14 @@ def load_run_prompts(cfg: RunConfig) -> tuple[list[Prompt], dict[str, Any]]:
 
 def stage_critique(s: Session) -> dict[str, Any]:
     """SL-CAI critique/revision: writes critiques.jsonl and sft.jsonl."""
+    from charter.audit.run import audit_run_inputs
     from charter.constitution import load_constitution
     from charter.stages.critique import run_critique
 
     cfg = s.cfg
     constitution = load_constitution(cfg.constitution)
     prompts, prompt_info = load_run_prompts(cfg)
+    audit_run_inputs(cfg, s.run.path, log=s.log)  # issue 15: audit.enabled → RUN/audit.json + warnings, no drops
     s.run.update_manifest(constitution={"name": constitution.name, "version": constitution.version,
                                         "hash": constitution.hash(), "path": cfg.constitution or "(bundled)"},
                           prompts=prompt_info)
