@@ -53,6 +53,7 @@ def test_errors_are_one_line_and_traceback_only_with_debug(tmp_path) -> None:  #
 def test_charter_run_without_a_config_is_the_quick_start() -> None:
     from charter.config import load_config
 
+    example = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
     cfg = load_config(None)
-    assert cfg.model_dump() == load_config(Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml").model_dump()
+    assert cfg.model_dump() == load_config(example).model_dump()
     assert cfg.name == "quickstart" and cfg.stages[-2:] == ["eval", "report"]
