@@ -83,6 +83,10 @@ def local_model_dir(spec: str) -> Path:
         from charter.embedded import embedded_model_dir
 
         return embedded_model_dir()
+    from charter.models import named_model_dir
+
+    if (named := named_model_dir(rest)) is not None:
+        return named
     path = Path(rest)
     if not (path / "config.json").is_file():
         raise ConfigError(f"{path}: no model folder here (config.json missing)",
