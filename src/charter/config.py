@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from charter.audit.findings import AuditConfig
 from charter.backends.base import BackendOptions
 from charter.errors import ConfigError
 from charter.evaluation.session import EvalConfig
@@ -113,6 +114,8 @@ class RunConfig(BaseModel):
     online: OnlineConfig = Field(default_factory=OnlineConfig, description="Online RL (GRPO).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Base vs trained models.")
     report: ReportConfig = Field(default_factory=ReportConfig, description="The HTML report.")
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="Data audit of the prompt files (issue 15): "
+                                                                       "enabled=true → RUN/audit.json + warnings.")
 
     @model_validator(mode="before")
     @classmethod

@@ -95,12 +95,14 @@ def load_run_prompts(cfg: RunConfig) -> tuple[list[Prompt], dict[str, Any]]:
 
 def stage_critique(s: Session) -> dict[str, Any]:
     """SL-CAI critique/revision: writes critiques.jsonl and sft.jsonl."""
+    from charter.audit.run import audit_run_inputs
     from charter.constitution import load_constitution
     from charter.stages.critique import run_critique
 
     cfg = s.cfg
     constitution = load_constitution(cfg.constitution)
     prompts, prompt_info = load_run_prompts(cfg)
+    audit_run_inputs(cfg, s.run.path, log=s.log)  # issue 15: audit.enabled → RUN/audit.json + warnings, no drops
     s.run.update_manifest(constitution={"name": constitution.name, "version": constitution.version,
                                         "hash": constitution.hash(), "path": cfg.constitution or "(bundled)"},
                           prompts=prompt_info)
@@ -285,11 +287,11 @@ def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, quiet: bool = 
         summary = STAGE_FUNCS[name](session)
         summary["seconds"] = round(time.monotonic() - start, 1)
         summary["model_calls"] = {"made": run.cache.misses - misses, "from_cache": run.cache.hits - hits}
-        run.update_manifest(stages={name: {"started": started, "finished": now_iso(), **summary}})
         if name in TRAINERS:
             summary["trained"] = "skipped" not in summary
             session.log(f"[{name}] " + ("retrained: its inputs changed or it had no complete model" if
                                         summary["trained"] else "up to date: trained from the same inputs, kept"))
+        run.update_manifest(stages={name: {"started": started, "finished": now_iso(), **summary}})
         session.log(f"[{name}] done in {summary['seconds']}s: " + ", ".join(
             f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list) and k != "seconds"))
     run.update_manifest(finished=now_iso(), cache_calls=run.cache.count())
