@@ -6,8 +6,10 @@ calls in each folder's call cache):
 * ``short`` — the synthetic ``sentiment`` task (generated in code, exact labels; negation flips the label, so a bag
   of words is capped near 1 − difficulty) and XSTest safe/unsafe (the evaluation part of charter.splits as test).
   Weak: bag of words, the embedded SmolLM2-135M as a zero-shot judge, and the two averaged. Strong: MiniLM-L6 +
-  probe, SmolLM2-135M activations + probe, and the larger feedback model + probe when it is installed
-  (``--big-model``; skipped with a message when absent).
+  probe and SmolLM2-135M activations + probe.
+* ``big`` — XSTest only (its texts are few and short: a 1.5B model on CPU reads ~1 short text a second): the larger
+  feedback model (``--big-model``, ``make feedback-model``) + probe beside MiniLM, when it is installed (skipped with
+  a message when absent).
 * ``hh`` — HH-RLHF harmless pairs as Bradley–Terry (which response is less harmful): bag of words and the CAI
   labeller itself (charter.stages.label, one principle, both orders) as weak supervisors; MiniLM and SmolLM2
   probes as students.
@@ -77,10 +79,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "short": {"tasks": [TaskConfig(kind="sentiment", n=args.sentiment_n, difficulty=args.difficulty),
                             TaskConfig(kind="xstest")],
                   "weak": ["bow", *judge, *([f"mean(bow,{judge[0]})"] if judge else [])],
-                  "strong": ["minilm", "probe:embedded", *big]},
+                  "strong": ["minilm", "probe:embedded"]},
         "hh": {"tasks": [TaskConfig(kind="hh", max_train=args.hh_train, max_test=args.hh_test)],
                "weak": ["bow", *judge], "strong": ["minilm", "probe:embedded"]},
     }
+    if big:
+        sweeps["big"] = {"tasks": [TaskConfig(kind="xstest")], "weak": ["bow", *judge], "strong": ["minilm", *big]}
     if args.finetune:
         ft = FinetuneConfig(max_train=64 if args.quick else 256, eval_every=4 if args.quick else 16,
                             threads=args.threads)

@@ -109,12 +109,17 @@ class HFEncoder:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a causal LM's lm_head is "unexpected" for AutoModel: expected here
         self._tok = AutoTokenizer.from_pretrained(self.folder)
         if self._tok.pad_token is None:
             self._tok.pad_token = self._tok.eos_token
         self._tok.padding_side = "right"
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[self.dtype]
-        self._model = AutoModel.from_pretrained(self.folder, dtype=dtype).eval()
+        try:
+            self._model = AutoModel.from_pretrained(self.folder, dtype=dtype).eval()
+        finally:
+            hf_logging.set_verbosity(verbosity)
 
     def encode(self, texts: Sequence[str]) -> Any:
         """A ``[len(texts), hidden]`` float32 matrix (computed in batches of similar length)."""

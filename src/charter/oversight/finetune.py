@@ -49,7 +49,12 @@ class _Scorer:
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         self.tok.padding_side = "right"
-        body = AutoModel.from_pretrained(folder, dtype=torch.float32)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a causal LM's lm_head is "unexpected" for AutoModel: expected here
+        try:
+            body = AutoModel.from_pretrained(folder, dtype=torch.float32)
+        finally:
+            hf_logging.set_verbosity(verbosity)
         if cfg.lora:
             from peft import LoraConfig, get_peft_model
 

@@ -126,7 +126,11 @@ def load_oversight_config(path: str | Path | None, overrides: tuple[str, ...] | 
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: expected a mapping of fields", "see examples/oversight.yaml")
     for item in overrides:
-        keys, value = parse_override(item)
+        try:
+            keys, value = parse_override(item)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not YAML ({getattr(e, 'problem', e)})",
+                              "quote it, e.g. --set 'strong=[\"probe:NAME?\"]'") from None
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})
