@@ -259,15 +259,19 @@ STAGE_FUNCS: dict[str, Callable[[Session], dict[str, Any]]] = {
 
 
 def check_models(cfg: RunConfig) -> None:
-    """Fail fast, before any work, on a malformed model string or a local model folder that does not exist."""
+    """Fail fast, before any work, on a malformed model string or a local model that is not there (a folder without
+    config.json, an optional model not installed: each with its own one-line fix)."""
     from charter.backends import split_spec
+    from charter.backends.transformers import resolve_folder
     from charter.errors import BackendError
 
     for role, mc in (("policy", cfg.policy), ("feedback", cfg.feedback_model())):
         provider, rest = split_spec(mc.model)
-        if provider == "transformers" and rest != "embedded" and not (Path(rest) / "config.json").is_file():
-            raise BackendError(f"{role} model folder {rest} does not exist or has no config.json",
-                               "point it at a Hugging Face model folder, or use transformers/embedded")
+        if provider == "transformers" and rest != "embedded":
+            try:
+                resolve_folder(rest)
+            except BackendError as e:
+                raise BackendError(f"{role} model: {e.problem}", e.fix) from None
 
 
 def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, quiet: bool = False,
