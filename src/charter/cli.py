@@ -411,19 +411,11 @@ def audit_command(files: tuple[str, ...], evals: tuple[str, ...], tokenizers: tu
 
     from charter.audit.findings import AuditConfig
     from charter.audit.run import audit_files, summary, write_audit
-    from charter.config import parse_override
     from charter.errors import ConfigError
 
     if not files and not evals and not tokenizers:
         raise ConfigError("nothing to audit", "pass files, --eval FILE or --tokenizer MODEL")
-    from pydantic import ValidationError
-
-    try:
-        cfg = AuditConfig.model_validate({".".join(k): v for k, v in map(parse_override, sets)})
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise ConfigError(f"--set {'.'.join(map(str, err['loc']))}: {err['msg']}",
-                          "see charter.audit.findings.AuditConfig for the fields") from None
+    cfg = _tool_config(AuditConfig, sets)
     result = audit_files(files, evals, cfg, field=field, fmt=fmt, tokenizers=tokenizers, corpus=corpus, fix=fix)
     click.echo(summary(result, examples))
     if out:
