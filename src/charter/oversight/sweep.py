@@ -110,31 +110,15 @@ def load_oversight_config(path: str | Path | None, overrides: tuple[str, ...] | 
     Raises:
         ConfigError: a missing file, bad YAML, or an invalid field (named).
     """
-    from charter.config import parse_override
+    from charter.config import apply_overrides, read_yaml
 
-    data: dict[str, Any] = {}
-    where = "oversight config"
-    if path is not None:
-        p = Path(path)
-        where = str(p)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found", "check the path (see examples/oversight.yaml)")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML ({getattr(e, 'problem', e)})", "fix the YAML syntax") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping of fields", "see examples/oversight.yaml")
-    for item in overrides:
-        try:
-            keys, value = parse_override(item)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: the value is not YAML ({getattr(e, 'problem', e)})",
-                              "quote it, e.g. --set 'strong=[\"probe:NAME?\"]'") from None
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = value
+    where = str(path) if path is not None else "oversight config"
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    try:
+        apply_overrides(data, list(overrides))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set: a value is not YAML ({getattr(e, 'problem', e)})",
+                          "quote it, e.g. --set 'strong=[\"probe:NAME?\"]'") from None
     try:
         return OversightConfig.model_validate(data)
     except ValidationError as e:
