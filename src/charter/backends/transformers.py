@@ -1,8 +1,9 @@
 """Local Hugging Face models: the embedded SmolLM2-135M-Instruct or any model folder, on CPU.
 
-``transformers/embedded`` or ``transformers//path/to/folder``. Each conversation is rendered with the model's chat
+``transformers/embedded``, an optional installed model (``transformers/qwen2.5-coder-1.5b``, see
+:mod:`charter.models`) or ``transformers//path/to/folder``. Each conversation is rendered with the model's chat
 template and decoded greedily at temperature 0, else sampled with temperature/top-p; the answer is cut at the first
-stop string. Llama-architecture models (the embedded one included) decode through charter's engine
+stop string. Llama- and Qwen2-architecture models (the embedded one included) decode through charter's engine
 (:mod:`charter.backends.engine`: shared-prefix KV cache, continuous batching, per-request seeds); other models, or
 ``extra={"engine": False}``, use ``model.generate`` on left-padded batches of requests sharing their sampling
 parameters (seeded per batch, so the same requests give the same outputs). Option scoring reads next-token
@@ -18,8 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from charter.backends import BackendOptions
 from charter.backends.base import (
+    BackendOptions,
     FinishReason,
     Generation,
     GenParams,
@@ -67,6 +68,11 @@ def resolve_folder(rest: str) -> Path:
         from charter.embedded import embedded_model_dir
 
         return embedded_model_dir()
+    from charter.models import named_model_dir
+
+    named = named_model_dir(rest)  # an optional installed model (charter.models.MODELS), e.g. qwen2.5-coder-1.5b
+    if named is not None:
+        return named
     folder = Path(rest).expanduser()
     if not folder.is_dir():
         raise BackendError(
@@ -87,13 +93,11 @@ def resolve_folder(rest: str) -> Path:
 
 
 def folder_fingerprint(folder: Path) -> str:
-    """A short hash of config.json and the weight files' names, sizes and mtimes (retrained: a new id)."""
-    h = hashlib.sha256((folder / "config.json").read_bytes())
-    for f in sorted(folder.iterdir()):
-        if f.suffix in (".safetensors", ".bin", ".pt") and f.is_file():
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:10]
+    """A short content hash of the model folder: weights, config, tokenizer and chat template (see
+    :func:`charter.fingerprint.folder_digest`; digests are cached, so this is cheap after the first time)."""
+    from charter.fingerprint import folder_digest
+
+    return folder_digest(folder)[:16]
 
 
 def _load_model(folder: Path, dtype: str) -> Any:
@@ -114,10 +118,12 @@ def _load_model(folder: Path, dtype: str) -> Any:
 
 
 def model_identity(rest: str, options: BackendOptions) -> str:
-    """The cache identity of a model folder in the generation dtype, computed without loading the weights."""
+    """The cache identity of a model folder in the generation dtype, computed without loading the weights: its
+    content (weights, tokenizer, chat template), not its path, so a retrained model in the same folder is a new
+    model and a copied run folder keeps its cache."""
     folder = resolve_folder(rest)
     gen_dtype = auto_dtype() if options.dtype == "auto" else options.dtype
-    return f"{folder.resolve()}:{gen_dtype}:{folder_fingerprint(folder)}"
+    return f"hf:{folder_fingerprint(folder)}:{gen_dtype}"
 
 
 class TransformersBackend:
@@ -168,9 +174,9 @@ class TransformersBackend:
 
     def _make_engine(self, wanted: object) -> Any:
         """The fast engine (charter.backends.engine) unless ``extra["engine"]`` is false or the model is not
-        Llama-like (then plain ``generate``); ``extra["slots"]`` sets its batch (default: ``batch_size``, at least
-        :data:`ENGINE_SLOTS`) and
-        ``extra["cache_gb"]`` caps its KV cache (default 2); ``extra["kernel"]: false`` skips its C attention kernel;
+        one it runs (Llama, Qwen2; others use plain ``generate``); ``extra["slots"]`` sets its batch (default:
+        ``batch_size``, at least :data:`ENGINE_SLOTS`) and ``extra["cache_gb"]`` caps its KV cache (default 2);
+        ``extra["kernel"]: false`` skips its C attention kernel;
         ``extra["linear"]`` picks how it multiplies (:data:`charter.backends.engine.LINEAR_MODES`)."""
         from charter.backends.engine import Engine, supports
 

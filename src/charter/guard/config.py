@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from charter.errors import ConfigError
@@ -83,27 +82,13 @@ class GuardConfig(BaseModel):
 def load_guard_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
                       **fields: Any) -> GuardConfig:
     """A :class:`GuardConfig` from YAML (optional), ``KEY=VALUE`` overrides and keyword fields (CLI flags)."""
-    from charter.config import parse_override
+    from charter.config import apply_overrides, read_yaml
 
-    data: dict[str, Any] = {}
-    where = "guard config"
-    if path is not None:
-        p = Path(path)
-        where = str(p)
-        if not p.is_file():
-            raise ConfigError(f"{p}: guard config not found", "check the path (see examples/guard.yaml)")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML ({getattr(e, 'problem', e)})", "fix the YAML syntax") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping of fields", "see examples/guard.yaml")
-    for item in overrides:
-        keys, value = parse_override(item)
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = value
+    where = str(path) if path is not None else "guard config"
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"{path}: guard config not found", "check the path (see examples/guard.yaml)")
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    apply_overrides(data, list(overrides))
     data.update({k: v for k, v in fields.items() if v is not None})
     if "upstream" not in data:
         raise ConfigError(f"{where}: no upstream", "pass --upstream openai/NAME@http://HOST:PORT/v1 or set "

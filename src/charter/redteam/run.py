@@ -59,15 +59,13 @@ def redteam_command(feedback: str, constitution: str | None, out: str, per_princ
                     quiet: bool = False) -> str:
     """Run ``charter redteam`` and return what it prints."""
     from charter.backends import BackendOptions, load_backend
-    from charter.config import parse_override
+    from charter.config import apply_overrides
     from charter.constitution import load_constitution
 
     data: dict[str, Any] = {"per_principle": per_principle}
     if principles:
         data["principles"] = [s.strip() for s in principles.split(",") if s.strip()]
-    for item in sets:
-        keys, value = parse_override(item)
-        data[".".join(keys)] = value
+    apply_overrides(data, sets)
     try:
         cfg = RedTeamConfig.model_validate(data)
     except ValidationError as e:
