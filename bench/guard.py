@@ -2,6 +2,7 @@
 
     python bench/guard.py [--scorers none,feedback,classifier] [--feedback transformers/embedded]
                           [--classifier DIR] [--principles all|id,id] [--requests 32] [--limit N] [--threads 0]
+                          [--levels 1,8,32]
 
 1. **Latency**, loopback only, bounded: ``charter serve`` over a mock model that takes ``--upstream-delay`` seconds
    per batch is the local upstream; the official ``openai`` SDK sends ``--requests`` requests per level (at least
@@ -31,7 +32,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-LEVELS = (1, 8, 32)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -110,7 +110,7 @@ def latency(args: argparse.Namespace, scorer: str, principles: list[str] | None)
         guard = build_guard(GuardConfig(**fields))
         with guard:
             fire(guard.url, 2, 1, 600)  # warm-up: weights loaded, caches built
-            for level in LEVELS:
+            for level in args.levels:
                 n = max(args.requests, level)
                 d_lat, d_wall, d_err = fire(up.url, n, level, args.level_budget)
                 g_lat, g_wall, g_err = fire(guard.url, n, level, args.level_budget)
@@ -175,9 +175,11 @@ def main() -> dict[str, Any]:
     ap.add_argument("--limit", type=int, help="At most this many XSTest prompts per part (evenly spaced).")
     ap.add_argument("--target-false-block", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--levels", default="1,8,32", help="Concurrency levels, comma-separated.")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-decisions", action="store_true")
     args = ap.parse_args()
+    args.levels = [int(x) for x in str(args.levels).split(",") if x.strip()]
     principles = None if args.principles == "all" else [p.strip() for p in args.principles.split(",")]
     scorers = [s.strip() for s in args.scorers.split(",") if s.strip()]
     if "classifier" in scorers and not args.classifier:

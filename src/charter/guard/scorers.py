@@ -15,9 +15,11 @@ in :attr:`Scores.errors`; the guard's ``on_error`` policy decides what happens t
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -151,11 +153,13 @@ class ClassifierScorer:
     Args:
         folder: A folder written by :func:`charter.guard.distill.train_classifier`.
         threads: torch threads (0 = torch's default).
-        batch_size: Checks per forward pass.
+        batch_size: Checks per forward pass (concurrent requests' checks are batched together).
         max_tokens: Longest input; longer ones keep their end (the reply matters most).
+        window: Seconds to wait for more checks before a batch runs.
     """
 
-    def __init__(self, folder: str | Path, threads: int = 0, batch_size: int = 8, max_tokens: int = 512) -> None:
+    def __init__(self, folder: str | Path, threads: int = 0, batch_size: int = 8, max_tokens: int = 512,
+                 window: float = 0.005) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -184,7 +188,9 @@ class ClassifierScorer:
         self.max_tokens = max_tokens
         self.max_context_chars = int(self.meta.get("max_context_chars", 4000))
         self.id = f"classifier:{self.meta['fingerprint']}"
-        self._lock = threading.Lock()
+        self.window = window
+        self._queue: queue.Queue[tuple[list[str], Future[list[dict[str, float]]]]] = queue.Queue()
+        threading.Thread(target=self._loop, name="charter-guard-classifier", daemon=True).start()
 
     def score_many(self, checks: Sequence[Check], principles: Sequence[Principle]) -> list[Scores]:
         """One forward pass per check (batched) gives every principle at once."""
@@ -202,19 +208,43 @@ class ClassifierScorer:
         return out
 
     def predict(self, texts: Sequence[str]) -> list[dict[str, float]]:
-        """Sigmoid outputs per head for each text (plus ``_seconds``: its share of the wall time)."""
+        """Sigmoid outputs per head for each text (plus ``_seconds``: its share of the wall time). Texts of
+        concurrent callers are collected for a few milliseconds and run as one padded batch."""
+        fut: Future[list[dict[str, float]]] = Future()
+        self._queue.put((list(texts), fut))
+        return fut.result()
+
+    def _loop(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            deadline = time.monotonic() + self.window
+            while sum(len(t) for t, _ in items) < self.batch_size:
+                try:
+                    items.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+            try:
+                rows = self._forward([t for texts, _ in items for t in texts])
+            except Exception as e:  # noqa: BLE001 (handed to every caller of the batch)
+                for _, fut in items:
+                    fut.set_exception(e)
+                continue
+            for texts, fut in items:
+                fut.set_result(rows[: len(texts)])
+                rows = rows[len(texts):]
+
+    def _forward(self, texts: list[str]) -> list[dict[str, float]]:
         import torch
 
         out: list[dict[str, float]] = []
-        with self._lock:
-            for start in range(0, len(texts), self.batch_size):
-                chunk = list(texts[start:start + self.batch_size])
-                t0 = time.perf_counter()
-                enc = self.tokenizer(chunk, return_tensors="pt", padding=True, truncation=True,
-                                     max_length=self.max_tokens)
-                with torch.inference_mode():
-                    logits = self.model(**enc).logits.float()
-                p = torch.sigmoid(logits).tolist()
-                share = (time.perf_counter() - t0) / len(chunk)
-                out.extend({**dict(zip(self.heads, row, strict=True)), "_seconds": share} for row in p)
+        for start in range(0, len(texts), self.batch_size):
+            chunk = texts[start:start + self.batch_size]
+            t0 = time.perf_counter()
+            enc = self.tokenizer(chunk, return_tensors="pt", padding=True, truncation=True,
+                                 max_length=self.max_tokens)
+            with torch.inference_mode():
+                logits = self.model(**enc).logits.float()
+            p = torch.sigmoid(logits).tolist()
+            share = (time.perf_counter() - t0) / len(chunk)
+            out.extend({**dict(zip(self.heads, row, strict=True)), "_seconds": share} for row in p)
         return out
