@@ -102,7 +102,7 @@ def latency(args: argparse.Namespace, scorer: str, principles: list[str] | None)
     with ChatServer(batch_delay_backend(args.upstream_delay), port=0) as up:
         fields: dict[str, Any] = {"upstream": f"openai/mock@{up.url}", "port": 0, "log": str(work / "g.sqlite"),
                                   "threads": args.threads, "principles": principles, "latency_budget": None,
-                                  "verify_revision": False, "feedback": args.feedback}
+                                  "verify_revision": False, "feedback": args.feedback, "dtype": args.dtype}
         if scorer == "none":
             fields |= {"check_input": False, "check_output": False, "feedback": "mock/echo"}
         elif scorer == "classifier":
@@ -140,6 +140,7 @@ def decisions(args: argparse.Namespace, scorer: str, principles: list[str] | Non
 
     data = SHARED / "xstest_dev.csv"
     cfg = GuardConfig(upstream="mock/echo", feedback=args.feedback, threads=args.threads, principles=principles,
+                      dtype=args.dtype,
                       scorer="classifier" if scorer == "classifier" else "feedback", classifier=args.classifier)
     cache = Path(tempfile.mkdtemp(prefix="charter-bench-xs-")) / "calls.sqlite"
     s = open_scorer(cfg, cache)
@@ -175,6 +176,7 @@ def main() -> dict[str, Any]:
     ap.add_argument("--limit", type=int, help="At most this many XSTest prompts per part (evenly spaced).")
     ap.add_argument("--target-false-block", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--dtype", default="auto", help="Local feedback model: auto, float32 or bfloat16.")
     ap.add_argument("--levels", default="1,8,32", help="Concurrency levels, comma-separated.")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-decisions", action="store_true")

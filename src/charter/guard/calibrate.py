@@ -188,7 +188,8 @@ def open_scorer(cfg: GuardConfig, cache_path: Path | None = None) -> Scorer:
         if not cfg.classifier:
             raise ConfigError("scorer: classifier needs `classifier:`", "set classifier: PATH or scorer: feedback")
         return ClassifierScorer(cfg.classifier, threads=cfg.threads)
-    backend = load_backend(cfg.feedback, BackendOptions(threads=cfg.threads, batch_size=cfg.batch_size), lazy=True)
+    options = BackendOptions(dtype=cfg.dtype, threads=cfg.threads, batch_size=cfg.batch_size)
+    backend = load_backend(cfg.feedback, options, lazy=True)
     if cache_path is not None:
         cached = CachedBackend(backend, CallCache(cache_path), cfg.batch_size)
         return FeedbackScorer(lambda reqs: cached.score_options(reqs), backend.model_id, cfg.max_context_chars,

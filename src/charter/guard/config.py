@@ -36,6 +36,8 @@ class GuardConfig(BaseModel):
                           description="Feedback model: scores (scorer=feedback), critiques and revisions.")
     classifier: str | None = Field(default=None, description="Folder of a classifier from `charter guard distill`.")
     threads: int = Field(default=0, ge=0, description="torch threads for local models (0 = torch's default).")
+    dtype: str = Field(default="auto", description="Local models: 'auto' (bf16 generation where the CPU has it, "
+                                                   "fp32 scoring), 'float32' or 'bfloat16' (one copy of the weights).")
     batch_size: int = Field(default=32, ge=1, description="Most scoring calls of concurrent requests in one batch.")
     check_input: bool = Field(default=True, description="Check the conversation before calling the upstream.")
     check_output: bool = Field(default=True, description="Check the answer (with the whole conversation).")

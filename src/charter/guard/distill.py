@@ -216,7 +216,8 @@ def distill_command(cfg: GuardConfig, dcfg: DistillConfig, prompts_file: str, ou
         prompts = prompts[: dcfg.limit]
     cache = CallCache(folder / "calls.sqlite")
     answerer_spec = dcfg.answerer or cfg.feedback
-    answerer = CachedBackend(load_backend(answerer_spec, BackendOptions(threads=cfg.threads), lazy=True), cache)
+    options = BackendOptions(dtype=cfg.dtype, threads=cfg.threads)
+    answerer = CachedBackend(load_backend(answerer_spec, options, lazy=True), cache)
     gens = answerer.generate([GenRequest.of(p.messages(), GenParams(dcfg.answer_tokens, 0.0)) for p in prompts])
     checks = build_checks(prompts, [g.text for g in gens], cfg.refusal)
     teacher_cfg = cfg.model_copy(update={"scorer": "feedback"})

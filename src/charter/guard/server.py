@@ -259,7 +259,7 @@ def build_guard(cfg: GuardConfig, token: str | None = None) -> GuardServer:
     constitution = load_constitution(cfg.constitution)
     needs_feedback = (cfg.scorer == "feedback" or cfg.verify_revision
                       or any(a == "revise" for a in [cfg.default_action, *cfg.actions.values()]))
-    options = BackendOptions(threads=cfg.threads, batch_size=cfg.batch_size)
+    options = BackendOptions(dtype=cfg.dtype, threads=cfg.threads, batch_size=cfg.batch_size)
     feedback = load_backend(cfg.feedback, options) if needs_feedback else None
     # One check's principles go to the feedback model as one call, so they share the conversation's prefix (the
     # engine computes it once); calls of concurrent requests take turns on a local model and overlap over HTTP.
