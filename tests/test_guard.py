@@ -457,3 +457,28 @@ def test_a_guard_built_from_config_runs_a_local_model_as_scorer_and_upstream(tmp
     assert whole.choices[0].finish_reason == "length" and streamed == whole.choices[0].message.content
     scores = [d["score"] for d in g.log.rows("decisions")]  # type: ignore[union-attr]
     assert len(scores) == 8 and all(0.0 < s < 1.0 for s in scores)  # real Yes/No readings of a real model
+
+
+def test_log_probabilities_pass_through_the_guard_unchanged(tmp_path: Path, tiny_model_dir: Path) -> None:
+    pytest.importorskip("charter.backends.transformers")
+    from charter.backends import BackendOptions, load_backend
+
+    local = load_backend(f"transformers/{tiny_model_dir}", BackendOptions(dtype="float32"))
+    kw = {"model": "x", "messages": ask("Name a colour."), "max_tokens": 5, "temperature": 1.0, "seed": 4,
+          "logprobs": True, "top_logprobs": 2}
+    with ChatServer(local, port=0) as up, make_guard(tmp_path, up) as g:
+        direct = sdk(up).chat.completions.create(**kw)  # type: ignore[call-overload]
+        via = sdk(g).chat.completions.create(**kw)  # type: ignore[call-overload]
+        chunks = [c for c in sdk(g).chat.completions.create(**kw, stream=True) if c.choices]  # type: ignore[call-overload]
+    want = [(t.token, round(t.logprob, 4)) for t in direct.choices[0].logprobs.content]
+    assert [(t.token, round(t.logprob, 4)) for t in via.choices[0].logprobs.content] == want
+    streamed = [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [(t.token, round(t.logprob, 4)) for t in streamed] == want  # hold mode: per-token chunks after the checks
+
+
+def test_cli_guard_serve_with_an_unset_token_variable_refuses_to_start() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "NO_SUCH_GUARD_TOKEN"}
+    r = subprocess.run([sys.executable, "-m", "charter.cli", "guard", "serve", "--upstream", "mock/echo",
+                        "--token-env", "NO_SUCH_GUARD_TOKEN", "--port", "0"], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 2 and "$NO_SUCH_GUARD_TOKEN is not set" in r.stderr
