@@ -83,9 +83,9 @@ class GuardServer(HTTPService):
                     self._refuse(out, rec, stream, body)
                     return
                 forced = res.revise
-            if stream and self.cfg.stream_mode == "window" and self.cfg.check_output:
+            if stream and self.cfg.stream_mode == "window" and self.cfg.check_output and not forced:
                 self._window(body, messages, out, rec, decisions, deadline)
-                return
+                return  # (a request whose input asks for a revision is held back whole: it cannot be windowed)
             self._whole(body, messages, out, rec, decisions, deadline, forced, stream)
         except UpstreamError as e:
             rec.outcome, rec.error = "upstream_error", e.message
