@@ -84,7 +84,7 @@ class GuardConfig(BaseModel):
 def load_guard_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
                       **fields: Any) -> GuardConfig:
     """A :class:`GuardConfig` from YAML (optional), ``KEY=VALUE`` overrides and keyword fields (CLI flags)."""
-    from charter.config import apply_overrides, read_yaml
+    from charter.settings import apply_overrides, read_yaml
 
     where = str(path) if path is not None else "guard config"
     if path is not None and not Path(path).is_file():

@@ -59,8 +59,8 @@ def redteam_command(feedback: str, constitution: str | None, out: str, per_princ
                     quiet: bool = False) -> str:
     """Run ``charter redteam`` and return what it prints."""
     from charter.backends import BackendOptions, load_backend
-    from charter.config import apply_overrides
     from charter.constitution import load_constitution
+    from charter.settings import apply_overrides
 
     data: dict[str, Any] = {"per_principle": per_principle}
     if principles:
