@@ -71,6 +71,7 @@ class GuardServer(HTTPService):
         decisions: list[Decision] = []
         budget = self.cfg.latency_budget
         deadline = time.monotonic() + budget if budget else None
+        out = _LogFirst(out, lambda: self._write(rec, decisions, start))
         try:
             forced = []
             if self.cfg.check_input:
@@ -91,9 +92,12 @@ class GuardServer(HTTPService):
             rec.outcome, rec.error = "upstream_error", e.message
             raise HTTPFailure(e.status, e.message) from None
         finally:
-            rec.total_seconds = time.perf_counter() - start
-            if self.log is not None:
-                self.log.write(rec, decisions)
+            out.flush()  # the decisions are on disk before the last byte of the answer goes out
+
+    def _write(self, rec: RequestRecord, decisions: list[Decision], start: float) -> None:
+        rec.total_seconds = time.perf_counter() - start
+        if self.log is not None:
+            self.log.write(rec, decisions)
 
     def _note_error(self, rec: RequestRecord, error: str | None) -> None:
         if error:
@@ -189,6 +193,9 @@ class GuardServer(HTTPService):
                 out.send_event(w.role())
                 started = True
 
+        def timed() -> None:  # the time spent waiting for the upstream, before the answer's last bytes go out
+            rec.upstream_seconds = time.perf_counter() - t - rec.output_seconds
+
         def passes(window: str) -> bool:
             t0 = time.perf_counter()
             res = self.guard.check(Check("output", messages, sent + window), rec, decisions, deadline)
@@ -207,16 +214,19 @@ class GuardServer(HTTPService):
                     cut = pending.rfind(" ", size // 2, size) + 1 or size
                     window, rest = pending[:cut], pending[cut:]
                     if not passes(window):
+                        timed()
                         self._stop(out, w, rec, begin)
                         return
                     begin()
                     out.send_event(w.chunk({"content": window}))
                     sent, pending = sent + window, rest
             if pending and not passes(pending):
+                timed()
                 self._stop(out, w, rec, begin)
                 return
         except UpstreamError as e:
             rec.outcome, rec.error = "upstream_error", e.message
+            timed()
             if not started:
                 raise
             out.fail(e.status, e.message)  # an error event ends the stream; nothing unchecked was sent
@@ -225,7 +235,7 @@ class GuardServer(HTTPService):
             close = getattr(deltas, "close", None)
             if close is not None:
                 close()
-            rec.upstream_seconds = time.perf_counter() - t - rec.output_seconds
+        timed()
         begin()
         if pending:
             out.send_event(w.chunk({"content": pending}))
@@ -296,6 +306,36 @@ def build_guard(cfg: GuardConfig, token: str | None = None) -> GuardServer:
     guard = Guard(cfg, constitution, scorer, load_thresholds(cfg, scorer.id),
                   gen_fn if feedback is not None else None, score_fn if feedback is not None else None)
     return GuardServer(guard, upstream, DecisionLog(cfg.log), token)
+
+
+class _LogFirst:
+    """A Responder that writes the request's log (once) just before the answer's last bytes are sent."""
+
+    def __init__(self, out: Responder, write: Any) -> None:
+        self.out, self._write, self._done = out, write, False
+
+    def flush(self) -> None:
+        if not self._done:
+            self._done = True
+            self._write()
+
+    def send_json(self, status: int, payload: dict[str, Any]) -> None:
+        self.flush()
+        self.out.send_json(status, payload)
+
+    def fail(self, status: int, message: str) -> None:
+        self.flush()
+        self.out.fail(status, message)
+
+    def start_stream(self) -> None:
+        self.out.start_stream()
+
+    def send_event(self, payload: dict[str, Any] | str) -> None:
+        self.out.send_event(payload)
+
+    def end_stream(self) -> None:
+        self.flush()
+        self.out.end_stream()
 
 
 class _Locked:
