@@ -18,12 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from charter.backends.base import Generation, GenParams, GenRequest, ScoreRequest
-
-if TYPE_CHECKING:
-    from charter.backends.transformers import TransformersBackend
+from charter.backends.base import Generation, GenParams, GenRequest, Message, ScoreRequest
 
 OnText = Callable[[int, str], None]
 """``on_text(request index, text delta)``."""
@@ -110,6 +107,31 @@ class TextStream:
 
 
 # --- local Hugging Face models ---------------------------------------------------------------------------------
+
+
+class TransformersBackend(Protocol):
+    """What the functions below use of :class:`charter.backends.transformers.TransformersBackend` (named here, not
+    imported: that module imports this one)."""
+
+    engine: Any
+    eos_ids: list[int]
+    pad_id: int
+    _lock: Any
+
+    @property
+    def score_model(self) -> Any: ...
+
+    def render(self, messages: Sequence[Message]) -> str: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def _decode_ids(self, ids: list[int]) -> str: ...
+
+    def _check_length(self, n_prompt: int, max_new_tokens: int) -> None: ...
+
+    def finish(self, tokens: Sequence[int], n_prompt: int, p: GenParams) -> Generation: ...
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[Generation]: ...
 
 
 def hf_generate_stream(backend: TransformersBackend, requests: Sequence[GenRequest],
