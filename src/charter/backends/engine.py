@@ -177,6 +177,8 @@ class Engine:
         self.embed = inner.embed_tokens.weight.detach()
         self.norm = inner.norm.weight.detach()
         self.lm_head = lin(model.lm_head)  # tied or not: whatever weight the model's head holds
+        self.head_weight = model.lm_head.weight.detach()
+        self.head_bias = None if model.lm_head.bias is None else model.lm_head.bias.detach()
         self.layers = []
         for layer in inner.layers:
             a, m = layer.self_attn, layer.mlp
@@ -230,11 +232,13 @@ class Engine:
         start: int,
         store: tuple[list[torch.Tensor], list[torch.Tensor], int] | None,
         collect: bool = True,
+        hidden: bool = False,
     ) -> tuple[torch.Tensor, list]:
         """Run ``ids`` (positions ``start``...) over the shared prefix KV (if ``start``) and causally over themselves.
 
         Writes their K/V into slot ``store[2]`` of the caches ``store[:2]``, or returns them when ``store`` is None
-        and ``collect``. Returns the logits of the last token and the per-layer ``(K, V)`` of ``ids`` (``[G, n, d]``).
+        and ``collect``. Returns the logits of the last token (its final hidden state ``[1, D]``, before the norm,
+        when ``hidden``) and the per-layer ``(K, V)`` of ``ids`` (``[G, n, d]``).
         """
         n = len(ids)
         x = self.embed[torch.tensor(list(ids))]
@@ -262,6 +266,8 @@ class Engine:
             )
             x = x + o(att[0].transpose(0, 1).reshape(n, -1))
             x = self._mlp(x, w)
+        if hidden:
+            return x[-1:], kvs
         logits = self.lm_head(self._rms(x[-1:], self.norm))[0]
         return logits, kvs
 
@@ -423,19 +429,34 @@ class Engine:
         return self._run(prompts, params)
 
     @torch.inference_mode()
-    def score(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+    def score(
+        self, prompts: Sequence[Sequence[int]], exact: Sequence[Sequence[int]] | None = None
+    ) -> torch.Tensor:
         """Next-token logits ``[N, V]`` (fp32) after each prompt: the shared prefix is run once, each prompt's
-        suffix once, and only the last position goes through the output head."""
+        suffix once, and only the last position goes through the output head.
+
+        In bf16 the head's outputs are rounded to bf16 (~3 significant digits: steps of 0.125 at logits of 16-32,
+        so P(A) vs P(B) moves in steps of ~0.03 and often ties exactly). ``exact[i]`` names token ids of prompt
+        ``i`` (the options) whose logits are recomputed in fp32 from the last hidden state, normed in fp32: the
+        option readings get fp32 resolution for two dot products each, without an fp32 copy of the model.
+        """
         if not prompts:
             return torch.empty(0, self.embed.shape[0])
         P = min(common_prefix(prompts), min(len(p) for p in prompts) - 1)
         self._set_prefix(list(prompts[0][: max(P, 0)]))
         P = len(self._prefix_ids)
         rows = []
-        for p in prompts:
-            logits, _ = self._prefill(list(p[P:]), P, None, collect=False)
+        for i, p in enumerate(prompts):
+            h, _ = self._prefill(list(p[P:]), P, None, collect=False, hidden=True)
             self.stats["prefill_tokens"] += len(p) - P
-            rows.append(logits.float())
+            logits = self.lm_head(self._rms(h, self.norm))[0].float()
+            if exact is not None and self.dtype != torch.float32 and exact[i]:
+                ids = torch.tensor(list(exact[i]))
+                hf = h.float()
+                hf = self.norm.float() * (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + self.eps))
+                exact_logits = (hf @ self.head_weight[ids].float().T)[0]
+                logits[ids] = exact_logits if self.head_bias is None else exact_logits + self.head_bias[ids].float()
+            rows.append(logits)
         return torch.stack(rows)
 
     def _run(self, prompts: Sequence[Sequence[int]], params: Sequence[GenParams]) -> list[list[int]]:

@@ -7,7 +7,8 @@ stop string. Llama- and Qwen2-architecture models (the embedded one included) de
 (:mod:`charter.backends.engine`: shared-prefix KV cache, continuous batching, per-request seeds); other models, or
 ``extra={"engine": False}``, use ``model.generate`` on left-padded batches of requests sharing their sampling
 parameters (seeded per batch, so the same requests give the same outputs). Option scoring reads next-token
-log-probabilities from one forward pass, in fp32 unless a dtype is forced.
+log-probabilities from one forward pass, in the generation dtype under "auto" when the engine runs the model (its
+option logits are read in fp32), else in fp32 unless a dtype is forced.
 """
 
 from __future__ import annotations
@@ -46,7 +47,15 @@ def auto_dtype() -> str:
     """What ``dtype="auto"`` means for generation: bf16 only on CPUs with native bf16 matmuls (AVX512-BF16 or AMX).
 
     Without them (e.g. AVX2-only CPUs) PyTorch emulates bf16 and a matmul is 4-8x *slower* than fp32, measured on
-    the 2-core AMD EPYC (AVX2) this was developed on. Scoring always runs in fp32 under "auto".
+    the 2-core AMD EPYC (AVX2) this was developed on.
+
+    Scoring under "auto" runs in this dtype too when charter's engine runs the model (it recomputes the option
+    tokens' logits in fp32 from the last hidden state, :meth:`charter.backends.engine.Engine.score`), else in fp32.
+    Measured 2026-12-01 on a 2-core AVX512-BF16 EPYC (contended, 1 thread), 40 label-style A/B readings of HH pairs
+    (``bench/feedback_model.py --part score``): Qwen2.5-Coder-1.5B bf16 vs fp32 picked the same option 39/40 (the
+    other read 0.4977 vs 0.5003), max |dP(A)| 0.0066, mean 0.0023, at 3.1 vs 6.8 s per reading and 5.3 vs 13.4 GB
+    peak RSS (no second, fp32 copy of the model); with bf16-rounded logits it was 35/40, max 0.025 (bf16 keeps ~3
+    digits: P(A) moved in steps of ~0.03 and tied at exactly 0.5 in 9 of 40). The embedded 135M: 40/40, max 0.029.
     """
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
@@ -159,9 +168,11 @@ class TransformersBackend:
         self.pad_id: int = int(self.tokenizer.pad_token_id)
         self.eos_ids = self._eos_ids()
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+        self.engine = self._make_engine(options.extra.get("engine", True))
+        if options.dtype == "auto" and self.engine is not None:
+            self.score_dtype = self.gen_dtype  # see auto_dtype(): the engine reads option logits in fp32
         same = self.score_dtype == self.gen_dtype
         self._score_model: Any = self.model if same else None
-        self.engine = self._make_engine(options.extra.get("engine", True))
         self._score_engine: Any = self.engine if same else None
         self._lock = threading.Lock()  # the engine keeps per-call state (its cached prefix): one call at a time
 
@@ -311,7 +322,7 @@ class TransformersBackend:
     # ----------------------------------------------------------------- scoring
     @property
     def score_model(self) -> Any:
-        """The model used for option scoring (fp32 unless a dtype was forced), loaded on first use."""
+        """The model used for option scoring (see :func:`auto_dtype`), loaded on first use."""
         if self._score_model is None:
             self._score_model = _load_model(self.folder, self.score_dtype)
         return self._score_model
@@ -339,7 +350,7 @@ class TransformersBackend:
     @property
     def score_engine(self) -> Any:
         """The engine that scores (shared-prefix prefill, last position only): the generation engine, or one on the
-        fp32 scoring model when generation runs in bf16; None for models the engine does not run."""
+        scoring model when a forced dtype differs from generation's; None for models the engine does not run."""
         if self._score_engine is None and self.engine is not None:
             from charter.backends.engine import Engine
 
@@ -356,7 +367,7 @@ class TransformersBackend:
             self._check_length(len(ctx), 1)
         if self.score_engine is not None:
             with self._lock:
-                logits = self.score_engine.score([c for c, _ in prepared])
+                logits = self.score_engine.score([c for c, _ in prepared], [first for _, first in prepared])
             return [
                 OptionScores(logprobs={o: float(row[t]) for o, t in zip(r.options, first, strict=True)})
                 for row, (_, first), r in zip(torch.log_softmax(logits, -1), prepared, requests, strict=True)
