@@ -182,3 +182,23 @@ def test_auto_scores_in_bf16_only_where_the_engine_reads_options_in_fp32(
     assert fast.score_model is fast.model and fast.score_engine is fast.engine  # no second, fp32 copy
     plain = _backend(qwen2_dir, dtype="auto", engine=False)
     assert plain.gen_dtype == "bfloat16" and plain.score_dtype == "float32"
+
+
+def test_bf16_weights_packed_for_onednn_give_the_same_tokens_as_dense(
+    qwen2_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from charter.backends import transformers as tb
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this PyTorch has no oneDNN")
+    monkeypatch.setattr(tb, "auto_dtype", lambda: "bfloat16")  # packing is chosen on CPUs with native bf16 only
+    packed = _backend(qwen2_dir, dtype="bfloat16")
+    dense = _backend(qwen2_dir, dtype="bfloat16", linear="dense")
+    assert packed.engine.linear == "onednn" and dense.engine.linear == "dense"
+    prompts = _prompts(packed, _reqs(GenParams()))
+    params = [GenParams(max_new_tokens=12)] * len(prompts)
+    assert packed.engine.run(prompts, params) == dense.engine.run(prompts, params)
+    monkeypatch.setattr(tb, "auto_dtype", lambda: "float32")  # emulated bf16 (AVX2): plain matmuls
+    assert _backend(qwen2_dir, dtype="bfloat16").engine.linear == "dense"
