@@ -73,8 +73,9 @@ def part_generate(args: argparse.Namespace) -> dict[str, Any]:
                       GenParams(max_new_tokens=args.new_tokens))
         for t in picked
     ]
-    b, load_s = backend(args.model, args.dtype, args.threads)
-    out: dict[str, Any] = {"load_s": round(load_s, 1), "dtype": b.gen_dtype, "rss_after_load_mb": round(peak_rss_mb())}
+    b, load_s = backend(args.model, args.dtype, args.threads, linear=args.linear)
+    out: dict[str, Any] = {"linear": b.engine.linear if b.engine else None, "load_s": round(load_s, 1),
+                           "dtype": b.gen_dtype, "rss_after_load_mb": round(peak_rss_mb())}
     assert b.engine is not None, "the engine does not run this model"
     t0 = time.perf_counter()
     fast = b.generate(reqs)
@@ -182,6 +183,7 @@ def main() -> None:
     ap.add_argument("--model", default="transformers/qwen2.5-coder-1.5b")
     ap.add_argument("--dtype", default="auto", help="generation dtype (auto: bf16 where the CPU has native bf16)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--linear", default="auto", help="the engine's extra.linear (auto, dense, onednn)")
     ap.add_argument("--n", type=int, default=24, help="chat prompts (generate)")
     ap.add_argument("--new-tokens", type=int, default=96)
     ap.add_argument("--readings", type=int, default=40, help="A/B readings (score)")

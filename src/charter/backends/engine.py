@@ -53,10 +53,12 @@ def resolve_linear(mode: str, dtype: torch.dtype) -> str:
     """The linear mode ``mode`` means for weights of ``dtype`` ("auto": onednn in fp32 when available, and in bf16
     on CPUs with native bf16 matmuls).
 
-    bf16 packed for oneDNN, measured 2026-12-01 on the 2-core AVX512-BF16 EPYC (contended, 1 thread): the engine on
-    Qwen2.5-Coder-1.5B decoded 23.3/25.0 tok/s against 14.1/19.0 dense (two alternating rounds, 18 prompts x 32
-    tokens), every answer token-for-token the same; per matmul at the 1.5B's shapes, 1.2-2x at M=24..64 with
-    bit-identical outputs on 6 of 6 shapes."""
+    bf16 packed for oneDNN, measured 2026-12-01 on the 2-core AVX512-BF16 EPYC (contended, 1 thread;
+    bench/results-feedback-model.txt): the engine on Qwen2.5-Coder-1.5B decoded 23.3/25.0 tok/s against 14.1/19.0
+    dense (two alternating rounds, 18 prompts x 32 tokens), every answer token-for-token the same; in
+    bench/feedback_model.py (24 prompts x 96 tokens) 23.9 tok/s packed, 14.9 dense, plain generate 14.2-16.8. The
+    packed copy is held beside the model's own weights (which the plain paths use): the 1.5B's RSS after loading is
+    6.5 GB instead of 3.9 GB; ``extra: {linear: dense}`` saves that."""
     if mode not in LINEAR_MODES:
         raise ValueError(f"unknown linear mode {mode!r}; use one of {', '.join(LINEAR_MODES)}")
     packs = hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
