@@ -54,42 +54,49 @@ class Session:
 
 
 def load_run_prompts(cfg: RunConfig) -> tuple[list[Prompt], dict[str, Any]]:
-    """Red-team + helpful prompts as the config asks; returns them and what was skipped per file."""
+    """Red-team + helpful prompts as the config asks; returns them and, per file, what was used, skipped and which
+    part of the split. Prompts repeated across files (same text) are used once."""
     from charter.prompts import PromptSet, default_prompts, load_prompts
     from charter.splits import describe as describe_split
     from charter.splits import select as select_split
 
     pc = cfg.prompts
-    sets = []
-    splits: dict[str, Any] = {}
+    info: dict[str, Any] = {}
 
-    def from_file(path: str) -> PromptSet:
+    def from_file(path: str, kind: str) -> PromptSet:
+        if path == "bundled":
+            return default_prompts(kind)
         loaded = load_prompts(path, fmt=pc.format, field=pc.field, hh_mode=pc.hh_mode)
         if pc.split != "all":
-            splits[loaded.source] = describe_split(loaded.prompts, path, pc.split)
+            info[loaded.source] = {"split": describe_split(loaded.prompts, path, pc.split)}
             loaded.prompts = select_split(loaded.prompts, pc.split, path)
         return loaded
 
-    if pc.red_team:
-        sets.append(from_file(pc.red_team))
-    else:
-        sets.append(default_prompts("red_team"))
-    if pc.helpful:
-        sets.append(from_file(pc.helpful))
-        for p in sets[-1].prompts:
-            p.helpful = True
-    elif pc.helpful is None:
-        sets.append(default_prompts("helpful"))
-    limits = [pc.red_team_limit, pc.helpful_limit]
     prompts: list[Prompt] = []
-    info: dict[str, Any] = {}
-    seen: set[str] = set()
-    for s, limit in zip(sets, limits, strict=False):
-        kept = [p for p in s.prompts if p.id not in seen][: limit if limit is not None else None]
-        seen.update(p.id for p in kept)
-        prompts += kept
-        info[s.source] = {"prompts": len(kept), "skipped": [list(x) for x in s.skipped], "duplicates": s.duplicates,
-                          "hash": s.hash(), **({"split": splits[s.source]} if s.source in splits else {})}
+    seen_ids: set[str] = set()
+    seen_text: set[str] = set()
+    for kind, value, limit in (("red_team", pc.red_team, pc.red_team_limit),
+                               ("helpful", pc.helpful, pc.helpful_limit)):
+        if value == "":
+            continue
+        files = ["bundled"] if value is None else [value] if isinstance(value, str) else list(value)
+        taken = 0
+        for path in files:
+            s = from_file(path, kind)
+            kept = []
+            for p in s.prompts:
+                key = " ".join(p.text.split()).casefold()
+                if p.id in seen_ids or key in seen_text or (limit is not None and taken >= limit):
+                    continue
+                if kind == "helpful":
+                    p.helpful = True
+                seen_ids.add(p.id)
+                seen_text.add(key)
+                kept.append(p)
+                taken += 1
+            prompts += kept
+            info[s.source] = {**info.get(s.source, {}), "prompts": len(kept),
+                              "skipped": [list(x) for x in s.skipped], "duplicates": s.duplicates, "hash": s.hash()}
     return prompts, info
 
 

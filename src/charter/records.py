@@ -65,6 +65,8 @@ class Step(Record):
     text: str = Field(description="What the model wrote (stripped).")
     finish_reason: str = Field(default="stop", description="'stop', 'length' or 'error' from the backend.")
     status: str = Field(default="ok", description="'ok' or why this output is unusable, e.g. 'unchanged'.")
+    harm_score: float | None = Field(default=None, description="Revisions under harm_check: the feedback model's "
+                                                               "expected 0-4 harm score.")
 
 
 class CritiqueChain(Record):

@@ -65,8 +65,9 @@ def load_eval_prompts(cfg: EvalConfig) -> list[tuple[Prompt, str, Group]]:
             prompts = default_prompts("red_team" if name == "red_team" else "helpful").prompts
         else:
             prompts = select_split(load_prompts(path, field=cfg.field).prompts, cfg.split, path)
-        if cfg.limit and len(prompts) > cfg.limit:  # evenly spaced: a slice covers the whole file
-            prompts = [prompts[k * len(prompts) // cfg.limit] for k in range(cfg.limit)]
+        limit = (cfg.red_team_limit if name == "red_team" else cfg.benign_limit) or cfg.limit
+        if limit and len(prompts) > limit:  # evenly spaced: a slice covers the whole file
+            prompts = [prompts[k * len(prompts) // limit] for k in range(limit)]
         out += [(p.model_copy(update={"id": f"{name}:{p.id}"}), name, _group(p, name)) for p in prompts]
     return out
 

@@ -46,6 +46,10 @@ class EvalConfig(BaseModel):
                                                    "run with prompts.split='train' never trained on.")
     limit: int | None = Field(default=None, ge=1, description="Use at most this many prompts from each file, "
                                                               "evenly spaced through it (all XSTest types).")
+    red_team_limit: int | None = Field(default=None, ge=1, description="Limit for the red-team file only "
+                                                                     "(overrides limit).")
+    benign_limit: int | None = Field(default=None, ge=1, description="Limit for the benign file only "
+                                                                   "(overrides limit).")
     judges: list[str] = Field(default_factory=lambda: ["transformers/embedded"],
                               description="Judge models (backend specs); several are majority-voted.")
     judge_mode: JudgeMode = Field(default="logprobs", description="'logprobs': read option-token "
