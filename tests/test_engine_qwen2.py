@@ -189,16 +189,16 @@ def test_bf16_weights_packed_for_onednn_give_the_same_tokens_as_dense(
 ) -> None:
     import torch
 
-    from charter.backends import transformers as tb
+    from charter.backends import engine
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this PyTorch has no oneDNN")
-    monkeypatch.setattr(tb, "auto_dtype", lambda: "bfloat16")  # packing is chosen on CPUs with native bf16 only
+    monkeypatch.setattr(engine, "native_bf16", lambda: True)  # packing is chosen on CPUs with native bf16 only
     packed = _backend(qwen2_dir, dtype="bfloat16")
     dense = _backend(qwen2_dir, dtype="bfloat16", linear="dense")
     assert packed.engine.linear == "onednn" and dense.engine.linear == "dense"
     prompts = _prompts(packed, _reqs(GenParams()))
     params = [GenParams(max_new_tokens=12)] * len(prompts)
     assert packed.engine.run(prompts, params) == dense.engine.run(prompts, params)
-    monkeypatch.setattr(tb, "auto_dtype", lambda: "float32")  # emulated bf16 (AVX2): plain matmuls
+    monkeypatch.setattr(engine, "native_bf16", lambda: False)  # emulated bf16 (AVX2): plain matmuls
     assert _backend(qwen2_dir, dtype="bfloat16").engine.linear == "dense"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,6 +50,15 @@ Not offered: int8 weights. fbgemm's dynamic int8 linear is ~2x faster again here
 to ``generate`` on the same int8 model), which breaks the call cache's promise that a request has one answer."""
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), as ``transformers.auto_dtype`` decides."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
 def resolve_linear(mode: str, dtype: torch.dtype) -> str:
     """The linear mode ``mode`` means for weights of ``dtype`` ("auto": onednn in fp32 when available, and in bf16
     on CPUs with native bf16 matmuls).
@@ -63,9 +73,7 @@ def resolve_linear(mode: str, dtype: torch.dtype) -> str:
         raise ValueError(f"unknown linear mode {mode!r}; use one of {', '.join(LINEAR_MODES)}")
     packs = hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
     if dtype == torch.bfloat16:
-        from charter.backends.transformers import auto_dtype
-
-        packs = packs and auto_dtype() == "bfloat16"  # native bf16 only: emulated bf16 is not worth packing
+        packs = packs and native_bf16()  # emulated bf16 (AVX2-only CPUs) is not worth packing
     elif dtype != torch.float32:
         packs = False
     if mode == "auto":
