@@ -110,7 +110,7 @@ def load_oversight_config(path: str | Path | None, overrides: tuple[str, ...] | 
     Raises:
         ConfigError: a missing file, bad YAML, or an invalid field (named).
     """
-    from charter.config import apply_overrides, read_yaml
+    from charter.settings import apply_overrides, read_yaml
 
     where = str(path) if path is not None else "oversight config"
     data: dict[str, Any] = read_yaml(path) if path is not None else {}
@@ -303,7 +303,7 @@ def run_oversight(cfg: OversightConfig, out: Path, backend: Callable[[str], Any]
 def stage_oversight(session: Any) -> dict[str, Any]:
     """The ``oversight`` stage of ``charter run``: the sweep configured under ``oversight:`` in the run config,
     into ``RUN/oversight/`` (judges go through the run's call cache)."""
-    from charter.config import ModelConfig
+    from charter.settings import ModelConfig
 
     cfg: OversightConfig = session.cfg.stage("oversight")
     if not cfg.threads and session.cfg.threads:
