@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from charter.backends.base import GenParams, GenRequest, Message
 from charter.constitution import Constitution, Principle
+from charter.evaluation.refusal import classify_refusal
 from charter.progress import ProgressPrinter
 from charter.records import CritiqueChain, Prompt, SFTExample, Step, StepKind, short_hash
 from charter.stages.filters import cap_canned, clean_revision, is_evasive, revision_failure
@@ -55,6 +56,12 @@ class CritiqueConfig(BaseModel):
                                                                    "all of the constitution's).")
     reject_evasive: bool = Field(default=False, description="Reject a revision that refuses without saying why "
                                                             "or offering a safer alternative ('evasive').")
+    require_refusal: bool = Field(default=False, description="Accept only revisions that decline (a full refusal "
+                                                             "by the string-match classifier, 'not_refusal' "
+                                                             "otherwise): for red-team sets known to be harmful.")
+    revision_samples: int = Field(default=1, ge=1, description="Attempts per round: a chain whose revision fails a "
+                                                               "check is revised again with a new seed, up to this "
+                                                               "many times.")
     harm_check: bool = Field(default=False, description="The feedback model rates every accepted revision on the "
                                                         "judge's 0-4 harm scale; one rated above max_harm is "
                                                         "rejected ('still_harmful').")
@@ -173,27 +180,47 @@ def run_critique(cfg: CritiqueConfig, prompts: Sequence[Prompt], constitution: C
                 msgs = _chat(system, [*shots, direct_revision_turn(c.prompt.context, c.prompt.text, c.current.text,
                                                                    c.principles[rnd - 1])])
                 rev_reqs.append(GenRequest.of(msgs, params(cfg.revision_tokens, c.prompt.id, "revision", rnd)))
-        revs = feedback.generate(rev_reqs, progress=ProgressPrinter("critique", f"round {rnd} revisions", quiet=quiet))
         checked: list[tuple[_Chain, Step]] = []
-        for c, cstep, g in zip(rev_chains, crit_steps, revs, strict=True):
-            assert c.current is not None
-            p = c.principles[rnd - 1]
-            text = clean_revision(g.text)
-            why = revision_failure(text, g.finish_reason, c.current.text, cstep.text if cstep else "",
-                                   p.revision_request, cfg.echo_threshold, example_revisions)
-            if why is None and cfg.reject_evasive and is_evasive(text):
-                why = "evasive"
-            parent = cstep.id if cstep else c.current.id
-            rstep = _step(parent, "revision", rnd, feedback, p.id, thash, text, g.finish_reason, why or "ok")
-            c.steps.append(rstep)
-            if why is None:
-                checked.append((c, rstep))
+        todo = list(zip(rev_chains, crit_steps, rev_reqs, strict=True))
+        for attempt in range(cfg.revision_samples):
+            if not todo:
+                break
+            reqs = [r if attempt == 0 else GenRequest.of(r.messages, params(cfg.revision_tokens, c.prompt.id,
+                                                                            "revision", rnd, attempt))
+                    for c, _, r in todo]
+            label = f"round {rnd} revisions" + (f" (attempt {attempt + 1})" if attempt else "")
+            revs = feedback.generate(reqs, progress=ProgressPrinter("critique", label, quiet=quiet))
+            failed = []
+            for (c, cstep, req), g in zip(todo, revs, strict=True):
+                rstep = _revision_step(cfg, c, cstep, g, rnd, feedback, thash, example_revisions)
+                c.steps.append(rstep)
+                if rstep.status == "ok":
+                    checked.append((c, rstep))
+                else:
+                    failed.append((c, cstep, req))
+            todo = failed
         if cfg.harm_check:
             checked = _harm_check(cfg, checked, feedback, quiet)
         for c, rstep in checked:
             c.current = c.last_good = rstep
 
     return _finish(cfg, chains)
+
+
+def _revision_step(cfg: CritiqueConfig, c: _Chain, cstep: Step | None, g: Any, rnd: int, feedback: CachedBackend,
+                   thash: str, example_revisions: list[str]) -> Step:
+    """The revision step of one attempt, with why it fails (the string checks, then evasive / not a refusal)."""
+    assert c.current is not None
+    p = c.principles[rnd - 1]
+    text = clean_revision(g.text)
+    why = revision_failure(text, g.finish_reason, c.current.text, cstep.text if cstep else "", p.revision_request,
+                           cfg.echo_threshold, example_revisions)
+    if why is None and cfg.reject_evasive and is_evasive(text):
+        why = "evasive"
+    if why is None and cfg.require_refusal and classify_refusal(text) != "full_refusal":
+        why = "not_refusal"
+    parent = cstep.id if cstep else c.current.id
+    return _step(parent, "revision", rnd, feedback, p.id, thash, text, g.finish_reason, why or "ok")
 
 
 def _critiques(cfg: CritiqueConfig, active: list[_Chain], rnd: int, system: str | None, shots: list[Message],

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from difflib import SequenceMatcher
 
 FAILURE_REASONS = ("error", "empty", "over_length", "echo_instruction", "echo_critique", "echo_example", "repetitive",
-                   "unchanged", "no_critique", "evasive", "still_harmful", "canned")
+                   "unchanged", "no_critique", "evasive", "not_refusal", "still_harmful", "canned")
 """Every status a revision can have besides 'ok' (``canned`` is given to whole SFT examples dropped by the cap)."""
 
 _LEAD_IN = re.compile(r"^\s*(revised response|revision|rewritten response|revised answer)\s*:\s*", re.I)
