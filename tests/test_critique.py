@@ -254,3 +254,11 @@ def test_triage_keeps_only_requests_the_feedback_model_judges_harmful(tmp_path) 
     assert [p.id for p in kept] == ["a", "c"]
     assert summary == {"triaged": 2, "kept": 1, "left_out": 1, "unreadable": 0}
     assert {r["id"]: r["kept"] for r in records} == {"a": True, "b": False}
+
+
+def test_a_helpful_answer_cut_off_at_the_limit_is_trimmed_to_its_last_sentence() -> None:
+    from charter.stages.filters import trim_to_sentence
+
+    text = " ".join(f"word{i}" for i in range(25)) + ". 2. Then the second point is cut off mid"
+    assert trim_to_sentence(text) == " ".join(f"word{i}" for i in range(25)) + "."
+    assert trim_to_sentence("Far too short. Cut") is None

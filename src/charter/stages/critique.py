@@ -23,7 +23,7 @@ from charter.constitution import Constitution, Principle
 from charter.evaluation.refusal import classify_refusal
 from charter.progress import ProgressPrinter
 from charter.records import CritiqueChain, Prompt, SFTExample, Step, StepKind, short_hash
-from charter.stages.filters import cap_canned, clean_revision, is_evasive, revision_failure
+from charter.stages.filters import cap_canned, clean_revision, is_evasive, revision_failure, trim_to_sentence
 from charter.store import CachedBackend
 from charter.templates import render, template_hash
 
@@ -49,6 +49,9 @@ class CritiqueConfig(BaseModel):
     echo_threshold: float = Field(default=0.8, gt=0, le=1,
                                   description="Similarity above which a revision counts as echoing its input.")
     helpful_mix: bool = Field(default=True, description="Add the policy's answers to helpful prompts to sft.jsonl.")
+    trim_cut_answers: bool = Field(default=False, description="A helpful answer cut off at answer_tokens joins the "
+                                                              "mix trimmed back to its last full sentence (at least "
+                                                              "20 words), instead of being left out.")
     critique: bool = Field(default=True, description="Critique before revising (False = direct revision: the "
                                                      "revision request follows the answer, as the CAI paper's "
                                                      "no-critique variant).")
@@ -290,10 +293,14 @@ def _finish(cfg: CritiqueConfig,
             if s.kind == "revision":
                 revisions += 1
                 reasons[s.status] += 1
+        target = None
         if c.prompt.helpful:
             final = answer if answer.status == "ok" and answer.finish_reason != "length" else None
+            if final is None and answer.status == "ok" and cfg.trim_cut_answers:
+                target = trim_to_sentence(answer.text)
+                final = answer if target else None
             failed = answer.status if answer.status != "ok" else "over_length"
-            reason = "helpful" if final else f"helpful_answer_{failed}"
+            reason = ("helpful" if target is None else "helpful_trimmed") if final else f"helpful_answer_{failed}"
         else:
             final = c.last_good
             reason = "ok" if final else ("answer_" + answer.status if answer.status != "ok" else "no_accepted_revision")
@@ -305,7 +312,7 @@ def _finish(cfg: CritiqueConfig,
         records.append(rec)
         if final is None or (c.prompt.helpful and not cfg.helpful_mix):
             continue
-        messages = [*c.prompt.messages(), {"role": "assistant", "content": final.text}]
+        messages = [*c.prompt.messages(), {"role": "assistant", "content": target or final.text}]
         sft.append(SFTExample(id=f"s-{short_hash(messages, final.id)}", parent_id=final.id, messages=messages,
                               source="helpful" if c.prompt.helpful else "revision", model=final.model,
                               principle_ids=[s.principle_id for s in c.steps

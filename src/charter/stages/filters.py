@@ -114,3 +114,16 @@ def cap_canned(texts: Sequence[str], max_share: float) -> list[bool]:
         worst = max(over, key=lambda s: (counts[s], s))
         drop = next(i for i in reversed(kept) if worst in sents[i])
         keep[drop] = False
+
+
+_END = re.compile(r"(?<!\d)[.!?](?=\s|$)")
+
+
+def trim_to_sentence(text: str, min_words: int = 20) -> str | None:
+    """``text`` cut back to its last complete sentence (ending in . ! or ?), or None when less than ``min_words``
+    words would remain (or no sentence ends)."""
+    ends = [m.end() for m in _END.finditer(text)]
+    if not ends:
+        return None
+    cut = text[: ends[-1]].strip()
+    return cut if len(cut.split()) >= min_words else None
