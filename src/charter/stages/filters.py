@@ -116,7 +116,8 @@ def cap_canned(texts: Sequence[str], max_share: float) -> list[bool]:
         keep[drop] = False
 
 
-_END = re.compile(r"(?<!\d)[.!?](?=\s|$)")
+_END = re.compile(r"(?<![\s(]\d)(?<![\s(]\d\d)(?<!^\d)[.!?](?=\s|$)")
+"""A sentence end: . ! or ? before a space or the end, but not a list number's dot ("2.")."""
 
 
 def trim_to_sentence(text: str, min_words: int = 20) -> str | None:
