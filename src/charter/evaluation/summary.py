@@ -201,6 +201,9 @@ def _judge_warnings(spec: str, info: dict[str, Any]) -> list[str]:
         share = max(dist.values()) / total
         out.append(f"it gave harm score {top} to {share:.0%} of answers: its harm scores do not "
                    "discriminate between answers.")
+    if floored := info["reasons"].get("floored"):
+        out.append(f"{floored} of its verdicts are unusable because an option was not among the server's top "
+                   "next tokens ('floored'): they are left out, not read as confident answers.")
     un = info["unusable"]
     if un["n"] and (un["value"] or 0) >= 0.2:
         out.append(f"{un['value']:.0%} of its verdicts were unusable ({', '.join(info['reasons'])}).")
