@@ -28,13 +28,10 @@ import torch.nn.functional as F
 
 from charter.backends import decode_kernel
 from charter.backends.base import GenParams
+from charter.backends.sampling import draw, generator_for
 
 _FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 """PyTorch's fused CPU attention that also returns log-sum-exps (torch >= 2.3); a plain-matmul path otherwise."""
-
-NUCLEUS_TOPK = 64
-"""Top-p is computed on the 64 most likely tokens when they already hold the nucleus (exact), else on all."""
-
 
 LINEAR_MODES = ("auto", "dense", "onednn")
 """How the engine's projections multiply: ``dense`` is ``F.linear``; ``onednn`` is the same fp32 product on weights
@@ -351,21 +348,11 @@ class Engine:
         """Next token per row: argmax when greedy, else a seeded draw with temperature and top-p."""
         picks = logits.argmax(-1).tolist()
         for i, r in enumerate(rows):
-            p = r.params
-            if p.temperature <= 0:
+            if r.params.temperature <= 0:
                 continue
             if r.generator is None:
-                r.generator = torch.Generator().manual_seed(p.seed)
-            probs = torch.softmax(logits[i].float() / p.temperature, dim=-1)
-            if p.top_p < 1.0:
-                top, idx = probs.topk(NUCLEUS_TOPK)
-                if float(top.sum()) < p.top_p:
-                    top, idx = probs.sort(descending=True)
-                keep = (top.cumsum(0) - top) < p.top_p  # smallest set whose mass reaches top_p
-                top, idx = top[keep], idx[keep]
-                picks[i] = int(idx[torch.multinomial(top, 1, generator=r.generator)])
-            else:
-                picks[i] = int(torch.multinomial(probs, 1, generator=r.generator))
+                r.generator = generator_for(r.params)
+            picks[i] = draw(logits[i], r.params, r.generator)
         return picks
 
     def _done(self, r: _Row) -> bool:

@@ -5,14 +5,14 @@ template and decoded greedily at temperature 0, else sampled with temperature/to
 stop string. Llama-architecture models (the embedded one included) decode through charter's engine
 (:mod:`charter.backends.engine`: shared-prefix KV cache, continuous batching, per-request seeds); other models, or
 ``extra={"engine": False}``, use ``model.generate`` on left-padded batches of requests sharing their sampling
-parameters (seeded per batch, so the same requests give the same outputs). Option scoring reads next-token
-log-probabilities from one forward pass, in fp32 unless a dtype is forced.
+parameters. Both paths sample each request from its own generator seeded by its ``GenParams.seed``
+(:mod:`charter.backends.sampling`), so an answer does not depend on which requests shared its batch. Option
+scoring reads next-token log-probabilities from one forward pass, in fp32 unless a dtype is forced.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -263,26 +263,29 @@ class TransformersBackend:
 
     def _generate_batch(self, prompts: list[list[int]], params: list[GenParams]) -> list[Generation]:
         import torch
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        from charter.backends.sampling import SeededSampler
 
         p = params[0]
         ids, mask = self.left_pad(prompts)
-        sample = p.temperature > 0
+        # Greedy decoding for generate; a sampled row is drawn by SeededSampler from its own request's generator,
+        # so it does not depend on its batch-mates (one RNG per batch would).
         cfg = GenerationConfig(
             max_new_tokens=p.max_new_tokens,
-            do_sample=sample,
+            do_sample=False,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_ids,
-            temperature=p.temperature if sample else None,
-            top_p=p.top_p if sample else None,
+            temperature=None,
+            top_p=None,
             top_k=None,
             stop_strings=list(p.stop) or None,
         )
-        if sample:
-            torch.manual_seed(batch_seed([q.seed for q in params]))
+        sampler = LogitsProcessorList([SeededSampler(params)]) if p.temperature > 0 else None
         with torch.inference_mode():
             seqs = self.model.generate(
-                input_ids=ids, attention_mask=mask, generation_config=cfg, tokenizer=self.tokenizer if p.stop else None
+                input_ids=ids, attention_mask=mask, generation_config=cfg, logits_processor=sampler,
+                tokenizer=self.tokenizer if p.stop else None,
             )
         new = seqs[:, ids.shape[1] :].tolist()
         return [self.finish(row, len(prompt), p) for row, prompt in zip(new, prompts, strict=True)]
@@ -377,8 +380,3 @@ class TransformersBackend:
                 out.append(OptionScores(logprobs=lp))
         return out
 
-
-def batch_seed(seeds: Sequence[int]) -> int:
-    """One torch seed for a batch, derived from its requests' seeds (same requests → same seed)."""
-    digest = hashlib.sha256(json.dumps(list(seeds)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
