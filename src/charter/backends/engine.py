@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from charter.backends import decode_kernel
+import charter.backends.decode_kernel as decode_kernel
 from charter.backends.base import GenParams
 from charter.backends.sampling import draw, generator_for
 

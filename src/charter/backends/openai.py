@@ -51,7 +51,7 @@ from charter.errors import BackendError
 if TYPE_CHECKING:
     import httpx
 
-    from charter.backends import BackendOptions
+    from charter.backends.base import BackendOptions
 
 log = logging.getLogger(__name__)
 
