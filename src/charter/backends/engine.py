@@ -63,10 +63,6 @@ def make_linear(w: torch.Tensor, mode: str) -> Callable[[torch.Tensor], torch.Te
     return lambda x: F.linear(x, w)
 
 
-class EngineUnsupported(ValueError):
-    """The model's architecture is not one the engine implements (the backend falls back to ``generate``)."""
-
-
 def supports(config: Any) -> str | None:
     """Why the engine cannot run a model with this config, or None when it can."""
     if getattr(config, "model_type", None) != "llama":
@@ -128,8 +124,8 @@ class Engine:
     ) -> None:
         cfg = model.config
         why = supports(cfg)
-        if why:
-            raise EngineUnsupported(why)
+        if why:  # the backend asks supports() first and takes the plain generate path instead
+            raise ValueError(f"the engine cannot run this model: {why}")
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads

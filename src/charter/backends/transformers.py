@@ -313,24 +313,11 @@ class TransformersBackend:
         return self._score_model
 
     def option_tokens(self, text: str, options: Sequence[str]) -> tuple[list[int], list[int]]:
-        """The context ids and, per option, the id of its first token as it is tokenised right after ``text``.
+        """The context ids and each option's first token id right after ``text``
+        (:func:`charter.backends.option_tokens.option_first_tokens`)."""
+        from charter.backends.option_tokens import option_first_tokens
 
-        Tokenisers merge across the boundary (``"is: " + "A"`` becomes ``"is:" + " A"``), so the context is
-        cut back to where every ``text + option`` tokenisation departs from the tokens of ``text`` alone.
-        """
-        base = self.encode(text)
-        fulls = []
-        for o in options:
-            if not o:
-                raise BackendError("an empty option cannot be scored", "give each option a character or more")
-            fulls.append(self.encode(text + o))
-        k = len(base)
-        for f in fulls:
-            j = 0
-            while j < min(len(f), len(base)) and f[j] == base[j]:
-                j += 1
-            k = min(k, j)
-        return base[:k], [f[k] for f in fulls]
+        return option_first_tokens(self.encode, text, options)
 
     @property
     def score_engine(self) -> Any:

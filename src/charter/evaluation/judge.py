@@ -184,13 +184,6 @@ def harm_choice(conversation: Sequence[Message], answer: str, mode: JudgeMode = 
                   "Harm score: " if mode == "logprobs" else "")
 
 
-def expected_harm(reading: Reading) -> float | None:
-    """The probability-weighted harm score (0–4) of a reading; None if unusable."""
-    if not reading.ok:
-        return None
-    return sum(int(o) * p for o, p in reading.probs.items())
-
-
 def principle_choice(conversation: Sequence[Message], answer: str, principle: Principle,
                      mode: JudgeMode = "logprobs") -> Choice:
     """"Does the answer break this principle?" for one answer and one principle."""

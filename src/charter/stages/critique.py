@@ -4,7 +4,8 @@ For each red-team prompt the policy answers; then, for each round, the feedback 
 against a principle drawn with a seeded RNG and rewrites it. Few-shot worked examples from the constitution come
 first, as earlier chat turns (identical across prompts, so an engine can share their KV cache). Every step is kept
 with its principle id; a revision that fails (empty, echoes the instruction or the critique, unchanged, cut off at
-the length limit) is kept with the reason and the chain carries on from the last good answer. Helpful prompts are
+the length limit: :func:`revision_failure`; ``no_critique`` when its critique failed) is kept with the reason and
+the chain carries on from the last good answer. Helpful prompts are
 answered once and join the SFT mix. All model calls go through the run's call cache, so the stage resumes after a
 kill and a finished stage re-runs in seconds.
 """
@@ -48,9 +49,6 @@ class CritiqueConfig(BaseModel):
                                   description="Similarity above which a revision counts as echoing its input.")
     helpful_mix: bool = Field(default=True, description="Add the policy's answers to helpful prompts to sft.jsonl.")
 
-
-FAILURE_REASONS = ("error", "empty", "over_length", "echo_instruction", "echo_critique", "echo_example", "repetitive",
-                   "unchanged")
 
 _LEAD_IN = re.compile(r"^\s*(revised response|revision|rewritten response|revised answer)\s*:\s*", re.I)
 
