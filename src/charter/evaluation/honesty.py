@@ -15,7 +15,7 @@ from typing import Any
 from charter.evaluation import compare as cmp
 from charter.evaluation.judge import ask, harm_choice, judge_hash
 from charter.evaluation.refusal import classify_refusal, labelled_examples, refusal_choice
-from charter.evaluation.session import EvalSession, cut, harm_value, refusal_label, refusal_value
+from charter.evaluation.session import EvalSession, cut, harm_value, model_failure, refusal_label, refusal_value
 from charter.records import AnswerPair, Judgement, LabeledPair, short_hash
 from charter.store import CachedBackend
 
@@ -54,6 +54,8 @@ def human_checks(ev: EvalSession, judges: dict[str, CachedBackend], pairs: list[
             harms = ask(judge, choices, cfg.judge_mode, cfg.min_option_mass,
                         progress=ev.progress(f"human-pair harm scores by {spec}"))
         except Exception as e:
+            if not model_failure(e):
+                raise
             ev.fail("human-pair check", spec, e)
             continue
         ev.extra["compare"].setdefault(spec, {})["human"] = cmp.pair_stats(labeled)
@@ -89,6 +91,8 @@ def refusal_examples(ev: EvalSession, judges: dict[str, CachedBackend]) -> None:
                                       ev.cfg.judge_mode) for ex in examples]
             readings = ask(judge, choices, ev.cfg.judge_mode, ev.cfg.min_option_mass)
         except Exception as e:
+            if not model_failure(e):
+                raise
             ev.fail("refusal examples", spec, e)
             continue
         for k, (ex, r) in enumerate(zip(examples, readings, strict=True)):
@@ -111,6 +115,8 @@ def pm_judge(ev: EvalSession, pairs: list[AnswerPair]) -> None:
         hs = pm.score([[*p.prompt.messages(), {"role": "assistant", "content": t}]
                        for p in pairs for t in (p.a, p.b)])
     except Exception as e:
+        if not model_failure(e):
+            raise
         ev.fail("preference-model judge", spec, e)
         return
     for a, s in zip(answers, scores, strict=True):

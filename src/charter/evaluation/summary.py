@@ -2,9 +2,10 @@
 
 Proportions carry 95% Wilson intervals, means a bootstrap interval, Elo ratings a bootstrap over prompts. The
 verdicts used for the headline figures are the ``majority`` records when several judges ran, else the single
-judge's. Warnings are plain sentences the report shows at the top: failed models or judges, judges near chance
-on human labels or biased by position or length, judges whose verdict never changes, and intervals too wide to
-tell the models apart.
+judge's. Warnings are plain sentences the report shows at the top: a judge that is the feedback model a model
+under test was trained on (it grades its own pupil), failed models or judges, judges near chance on human labels
+or biased by position or length, judges whose verdict never changes, and intervals too wide to tell the models
+apart.
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ def summarize(cfg: Any, models: dict[str, str], answers: Sequence[EvalAnswer],
                            "human_agreement": agreement_with_humans([(j.value, j.reference)
                                                           for j in by_kind["human_pm"]])}
     out["human_pairs"] = extra.get("human", {})
+    out["labellers"] = extra.get("labellers", {})
     out["warnings"] = _warnings(out, failures)
     return out
 
@@ -214,9 +216,24 @@ def _judge_warnings(spec: str, info: dict[str, Any]) -> list[str]:
     return out
 
 
+def self_grading_warnings(judges: Sequence[str], labellers: dict[str, list[str]]) -> list[str]:
+    """A warning per judge that is the feedback model some model under test was trained on (``labellers``: model
+    name -> the feedback models of its training run; see :func:`charter.evaluation.run_eval.training_labellers`)."""
+    out = []
+    for judge in judges:
+        graded = [name for name, specs in labellers.items() if judge in specs]
+        if graded:
+            out.append(f"judge {judge} is the feedback model that wrote the critiques or preference labels "
+                       f"{', '.join(graded)} {'was' if len(graded) == 1 else 'were'} trained on: it grades "
+                       f"{'that model' if len(graded) == 1 else 'those models'} by its own standards, so their harm "
+                       "scores, principle flags and Elo are not an independent check. Add another judge "
+                       "(eval.judges, or `charter eval --judge SPEC`).")
+    return out
+
+
 def _warnings(out: dict[str, Any], failures: Sequence[dict[str, str]]) -> list[str]:
     """Run-level warnings (failures are listed separately, judges' own warnings under ``judges``)."""
-    warnings = []
+    warnings = self_grading_warnings(list(out["judges"]), out.get("labellers", {}))
     checked = [(spec, j["human_compare"]) for spec, j in out["judges"].items() if j["human_compare"]["n"]]
     if checked and all(a["ci"][0] <= 0.5 for _, a in checked):
         warnings.append("no judge agrees with the human labels clearly better than chance "
