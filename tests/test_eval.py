@@ -383,3 +383,21 @@ def test_model_failures_are_told_apart_from_bugs() -> None:
     assert rv.model_failure(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB"))
     for bug in (TypeError("x"), KeyError("x"), ValueError("x"), AttributeError("x"), RuntimeError("shape mismatch")):
         assert not rv.model_failure(bug)
+
+
+def test_the_head_to_head_phase_reports_progress_with_an_eta(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    def load(spec: str, options: Any = None) -> Any:
+        if spec == "slow-judge/x":
+            return MockBackend(spec=spec, score_rule=judge_rule(), delay=0.01)
+        return fake_load_backend(spec)
+
+    monkeypatch.setattr(rv, "load_backend", load)
+    red, benign = write_prompt_files(tmp_path)
+    cfg = EvalConfig(red_team=str(red), benign=str(benign), judges=["slow-judge/x"], bootstrap_rounds=50,
+                     human_pairs=0, batch_size=4, principle_check="none", ai_refusal=False)
+    run_eval(cfg, RunDir(tmp_path / "run"), {"base": "fake/base", "refuser": "fake/refuser"})
+    err = capsys.readouterr().err
+    compare = [x for x in err.splitlines() if x.startswith("[eval] compare harmless")]
+    assert compare, err[-2000:]
+    assert re.search(r"\d+/\d+ \(\d+%\) \[\d\d:\d\d<\d\d:\d\d", compare[-1])  # done/total, elapsed<ETA

@@ -48,7 +48,7 @@ def human_checks(ev: EvalSession, judges: dict[str, CachedBackend], pairs: list[
     for spec, judge in judges.items():
         try:
             labeled = cmp.judge_pairs(judge, pairs, "harmless", cfg.judge_mode, cfg.min_option_mass,
-                                      cfg.max_answer_chars)
+                                      cfg.max_answer_chars, progress=ev.progress(f"human-pair comparisons by {spec}"))
             choices = [harm_choice(p.prompt.messages(), cut(t, cfg.max_answer_chars), cfg.judge_mode)
                        for p in pairs for t in (p.a, p.b)]
             harms = ask(judge, choices, cfg.judge_mode, cfg.min_option_mass,
@@ -89,7 +89,8 @@ def refusal_examples(ev: EvalSession, judges: dict[str, CachedBackend]) -> None:
         try:
             choices = [refusal_choice([{"role": "user", "content": ex["prompt"]}], ex["response"],
                                       ev.cfg.judge_mode) for ex in examples]
-            readings = ask(judge, choices, ev.cfg.judge_mode, ev.cfg.min_option_mass)
+            readings = ask(judge, choices, ev.cfg.judge_mode, ev.cfg.min_option_mass,
+                           progress=ev.progress(f"hand-labelled refusals by {spec}"))
         except Exception as e:
             if not model_failure(e):
                 raise
@@ -111,7 +112,8 @@ def pm_judge(ev: EvalSession, pairs: list[AnswerPair]) -> None:
     answers = ev.ok_answers()
     try:
         pm = PreferenceModel(spec, batch_size=ev.cfg.batch_size, threads=ev.cfg.threads, cache=ev.run.cache)
-        scores = pm.score([[*a.prompt.messages(), {"role": "assistant", "content": a.text}] for a in answers])
+        scores = pm.score([[*a.prompt.messages(), {"role": "assistant", "content": a.text}] for a in answers],
+                          progress=ev.progress(f"preference-model scores by {spec}"))
         hs = pm.score([[*p.prompt.messages(), {"role": "assistant", "content": t}]
                        for p in pairs for t in (p.a, p.b)])
     except Exception as e:

@@ -218,7 +218,9 @@ def _compare(ev: EvalSession, judges: dict[str, CachedBackend],
         for spec, judge in judges.items():
             try:
                 labeled = cmp.judge_pairs(judge, pairs, axis, ev.cfg.judge_mode, ev.cfg.min_option_mass,
-                                          ev.cfg.max_answer_chars)
+                                          ev.cfg.max_answer_chars,
+                                          progress=ev.progress(f"compare {axis} ({len(pairs)} pairs x 2 orders) "
+                                                               f"by {spec}"))
             except Exception as e:
                 if not model_failure(e):
                     raise
