@@ -1,9 +1,11 @@
 """Per-request seeded sampling, shared by the engine and the plain ``model.generate`` path.
 
-Every sampled request owns a ``torch.Generator`` seeded from its :attr:`GenParams.seed` and draws exactly one token
-from it per step, so its answer depends on its own logits only — not on which requests shared its batch, how the
-call cache chunked the misses, or how many worker processes split the call. (Floating-point kernels may still round
-a row differently in another batch shape: exact in fp32 here, see ``bench/batch_invariance.py`` for bf16.)
+Every sampled request owns a ``torch.Generator`` seeded from its :attr:`GenParams.seed` and draws exactly one number
+from it per step (see :func:`draw`), so its answer depends on its own logits only: not on which requests shared its
+batch, how the call cache chunked the misses, or how many worker processes split the call. What is left is
+floating-point rounding: another batch shape rounds a row's logits a little differently (~1e-7 in fp32, which
+rarely moves a draw; bf16 logits are coarse, so in bf16 answers often differ — ``bench/batch_invariance.py``
+counts how often).
 
 :class:`SeededSampler` plugs the same draw into Hugging Face ``generate``: it is a logits processor that samples each
 row itself and leaves only the drawn token finite, so ``generate`` runs greedy (``do_sample=False``) and picks it.
@@ -24,18 +26,29 @@ NUCLEUS_TOPK = 64
 
 def draw(logits: torch.Tensor, p: GenParams, generator: torch.Generator) -> int:
     """One token from a row of next-token ``logits`` with temperature ``p.temperature`` (> 0) and nucleus
-    ``p.top_p``: the smallest set of most likely tokens whose probability reaches ``top_p``."""
+    ``p.top_p`` (the smallest set of most likely tokens whose probability reaches ``top_p``).
+
+    The draw is one uniform number from the request's generator per step, mapped through the cumulative
+    probabilities of the candidates in token-id order (inverse CDF). So a rounding difference in another batch
+    shape moves the outcome only when the number falls within that difference of a boundary: a token at the edge of
+    the nucleus that rounds in or out shifts the cumulative mass by its own tiny probability, and two near-equal
+    probabilities that swap places in a sort change nothing. (A draw over the nucleus in probability order, or one
+    exponential per candidate by rank, would reshuffle every candidate's luck when one token enters or leaves.)
+    """
     probs = torch.softmax(logits.float() / p.temperature, dim=-1)
+    ids: torch.Tensor | None = None
+    mass = probs
     if p.top_p < 1.0:
         top, idx = probs.topk(min(NUCLEUS_TOPK, probs.shape[-1]))
         if float(top.sum()) < p.top_p:
             top, idx = probs.sort(descending=True)
         keep = (top.cumsum(0) - top) < p.top_p
-        # draw over the nucleus in token-id order, not probability order: two near-equal probabilities that
-        # round the other way in another batch shape swap places in a sort, which would change the draw
-        idx, order = idx[keep].sort()
-        return int(idx[torch.multinomial(top[keep][order], 1, generator=generator)])
-    return int(torch.multinomial(probs, 1, generator=generator))
+        ids, order = idx[keep].sort()
+        mass = top[keep][order]
+    cdf = mass.double().cumsum(0)
+    u = torch.rand((), generator=generator, dtype=torch.float64)
+    k = min(int(torch.searchsorted(cdf, u * cdf[-1], right=True)), cdf.shape[0] - 1)
+    return int(ids[k]) if ids is not None else k
 
 
 def generator_for(p: GenParams) -> torch.Generator:
