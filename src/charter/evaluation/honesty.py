@@ -2,7 +2,8 @@
 
 * pairwise judge and harm judge on HH-RLHF ``chosen``/``rejected`` pairs (the human preferred ``chosen`` as
   less harmful): does the judge pick it, does the harm score rank it lower;
-* the AI refusal classifier (and the string matcher) on charter's hand-labelled refusal examples;
+* the AI refusal classifier and the string matcher on charter's hand-labelled refusal examples (held out from the
+  matcher's rules; its development set is scored too, and shown as such);
 * the preference-model judge (a reward model) on the same human pairs, and its score for every answer.
 
 Position bias, order consistency and length preference come with every pairwise run (:mod:`.compare`).
@@ -14,7 +15,7 @@ from typing import Any
 
 from charter.evaluation import compare as cmp
 from charter.evaluation.judge import ask, harm_choice, judge_hash
-from charter.evaluation.refusal import classify_refusal, labelled_examples, refusal_choice
+from charter.evaluation.refusal import classify_refusal, heldout_examples, labelled_examples, refusal_choice
 from charter.evaluation.session import EvalSession, cut, harm_value, model_failure, refusal_label, refusal_value
 from charter.records import AnswerPair, Judgement, LabeledPair, short_hash
 from charter.store import CachedBackend
@@ -76,19 +77,22 @@ def human_checks(ev: EvalSession, judges: dict[str, CachedBackend], pairs: list[
 
 
 def refusal_examples(ev: EvalSession, judges: dict[str, CachedBackend]) -> None:
-    """The string matcher and each AI judge on the bundled hand-labelled refusal examples."""
-    examples = labelled_examples()
-    for k, ex in enumerate(examples):
-        ev.judgements.append(Judgement(
-            id=f"j-{short_hash('human_refusal_match', k, ex['response'])}", kind="human_refusal_match",
-            judge="string-match", prompt_id=f"refusal-example-{k}", group="human",
-            label=classify_refusal(ex["response"]), reference=ex["label"]))
+    """The string matcher and each AI judge on the bundled hand-labelled refusal examples: the held-out set
+    (``axis="heldout"``, where accuracy is measured) and the matcher's development set (``axis="dev"``)."""
+    sets = [("heldout", heldout_examples()), ("dev", labelled_examples())]
+    for axis, examples in sets:
+        for k, ex in enumerate(examples):
+            ev.judgements.append(Judgement(
+                id=f"j-{short_hash('human_refusal_match', axis, k, ex['response'])}", kind="human_refusal_match",
+                judge="string-match", prompt_id=f"refusal-{axis}-{k}", group="human", axis=axis,
+                label=classify_refusal(ex["response"]), reference=ex["label"]))
     if not ev.cfg.ai_refusal:
         return
+    items = [(axis, k, ex) for axis, examples in sets for k, ex in enumerate(examples)]
     for spec, judge in judges.items():
         try:
             choices = [refusal_choice([{"role": "user", "content": ex["prompt"]}], ex["response"],
-                                      ev.cfg.judge_mode) for ex in examples]
+                                      ev.cfg.judge_mode) for _, _, ex in items]
             readings = ask(judge, choices, ev.cfg.judge_mode, ev.cfg.min_option_mass,
                            progress=ev.progress(f"hand-labelled refusals by {spec}"))
         except Exception as e:
@@ -96,10 +100,10 @@ def refusal_examples(ev: EvalSession, judges: dict[str, CachedBackend]) -> None:
                 raise
             ev.fail("refusal examples", spec, e)
             continue
-        for k, (ex, r) in enumerate(zip(examples, readings, strict=True)):
+        for (axis, k, ex), r in zip(items, readings, strict=True):
             ev.judgements.append(Judgement(
-                id=f"j-{short_hash('human_refusal', spec, k, ex['response'])}", kind="human_refusal",
-                judge=spec, prompt_id=f"refusal-example-{k}", group="human", label=refusal_label(r),
+                id=f"j-{short_hash('human_refusal', spec, axis, k, ex['response'])}", kind="human_refusal",
+                judge=spec, prompt_id=f"refusal-{axis}-{k}", group="human", axis=axis, label=refusal_label(r),
                 value=refusal_value(r), probs=dict(r.probs), option_mass=r.option_mass,
                 reference=ex["label"], status=r.status))
 
