@@ -23,23 +23,43 @@ def _tiny(out: Path, embedded_dir: Path, arch: str) -> Path:
     peaked like a trained model's (a nucleus of 1-100 tokens; at the default 0.02 they are near-uniform over 49k
     tokens, where fp32 rounding between batch shapes, ~1e-7, reorders near-equal probabilities)."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     tok = AutoTokenizer.from_pretrained(embedded_dir)
-    config_cls, model_cls = (Qwen2Config, Qwen2ForCausalLM) if arch == "qwen2" else (LlamaConfig, LlamaForCausalLM)
-    config = config_cls(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                        tie_word_embeddings=True, initializer_range=1.0, bos_token_id=tok.bos_token_id,
-                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    model: Any
     torch.manual_seed(0)
-    model_cls(config).save_pretrained(out)
+    if arch == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=1024,
+                                           initializer_range=1.0, **ids))
+    else:
+        config_cls, model_cls = (Qwen2Config, Qwen2ForCausalLM) if arch == "qwen2" else (LlamaConfig, LlamaForCausalLM)
+        model = model_cls(config_cls(
+            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True, initializer_range=1.0,
+            **ids))
+    model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
 
 
 @pytest.fixture(scope="module")
-def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path) -> Path:
-    """A tiny Qwen2 (not Llama: the engine does not run it, so generation takes the plain ``generate`` path)."""
+def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path) -> Path:
+    """A tiny GPT-2 (the engine runs Llama and Qwen2 only, so generation takes the plain ``generate`` path)."""
+    return _tiny(tmp_path_factory.mktemp("tiny-gpt2"), embedded_dir, "gpt2")
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2_dir(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path) -> Path:
+    """A tiny Qwen2 (the engine runs it, with its q/k/v biases)."""
     return _tiny(tmp_path_factory.mktemp("tiny-qwen2"), embedded_dir, "qwen2")
 
 
@@ -65,12 +85,12 @@ def _texts(backend: Any, requests: list[GenRequest]) -> list[str]:
     return [g.text for g in backend.generate(requests)]
 
 
-@pytest.mark.parametrize("path", ["plain-qwen2", "plain-llama", "engine-llama"])
+@pytest.mark.parametrize("path", ["plain-gpt2", "plain-llama", "engine-llama", "engine-qwen2"])
 @pytest.mark.parametrize("top_p", [1.0, 0.9])
-def test_a_sampled_answer_is_the_same_alone_and_in_any_batch(path: str, top_p: float, tiny_qwen_dir: Path,
-                                                             tiny_llama_dir: Path) -> None:
-    folder = tiny_qwen_dir if path == "plain-qwen2" else tiny_llama_dir
-    engine = path == "engine-llama"
+def test_a_sampled_answer_is_the_same_alone_and_in_any_batch(path: str, top_p: float, tiny_gpt2_dir: Path,
+                                                             tiny_llama_dir: Path, tiny_qwen2_dir: Path) -> None:
+    folder = {"plain-gpt2": tiny_gpt2_dir, "engine-qwen2": tiny_qwen2_dir}.get(path, tiny_llama_dir)
+    engine = path.startswith("engine")
     backend = _backend(folder, engine=engine)
     assert (backend.engine is not None) == engine
     reqs = _requests(top_p)
@@ -85,8 +105,8 @@ def test_a_sampled_answer_is_the_same_alone_and_in_any_batch(path: str, top_p: f
     assert _texts(_backend(folder, batch_size=2, engine=engine), reqs) == alone  # chunked two by two
 
 
-def test_the_same_prompt_with_other_seeds_samples_other_answers(tiny_qwen_dir: Path) -> None:
-    backend = _backend(tiny_qwen_dir)
+def test_the_same_prompt_with_other_seeds_samples_other_answers(tiny_gpt2_dir: Path) -> None:
+    backend = _backend(tiny_gpt2_dir)
     reqs = [GenRequest.of([{"role": "user", "content": "Hi"}], GenParams(max_new_tokens=8, temperature=1.0, seed=s))
             for s in range(4)]
     texts = _texts(backend, reqs)
