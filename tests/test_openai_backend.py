@@ -175,8 +175,8 @@ def test_score_options_over_http_continues_the_assistant_prefix() -> None:
     assert scores.error is None
     assert scores.probs()["A"] == pytest.approx(0.9)
     assert (
-        seen[0].messages == req.messages
-    )  # the prefix arrived as the prefix, not as a closed assistant turn
+        seen[-1].messages == req.messages
+    )  # the prefix arrived as the prefix, not as a closed assistant turn (earlier: the backend's prefix check)
 
 
 def test_api_key_is_sent_as_bearer_and_kept_out_of_ids_caches_and_logs(

@@ -238,15 +238,12 @@ def stage_rm(s: Session) -> dict[str, Any]:
 
 def stage_online(s: Session) -> dict[str, Any]:
     """GRPO from the SL-CAI model with the reward model (or the feedback model) as reward: online/model."""
-    from charter.backends import load_backend
     from charter.train.online import train_online
 
     cfg = s.cfg.online
     prompts, _ = load_run_prompts(s.cfg)
-    feedback = None
-    if cfg.reward == "feedback":
-        fb = s.cfg.feedback_model()
-        feedback = load_backend(fb.model, fb.options())
+    # the feedback reward's readings go through the run's call cache, like the label stage's
+    feedback = s.backend(s.cfg.feedback_model()) if cfg.reward == "feedback" else None
     rm = Path(cfg.reward_model) if cfg.reward_model else _trained(s, s.cfg.rm.output)
     return train_online(cfg, prompts, s.run.file(cfg.output), cfg.base_model or sl_model(s), rm, feedback)
 

@@ -31,13 +31,10 @@ import torch.nn.functional as F
 
 import charter.backends.decode_kernel as decode_kernel
 from charter.backends.base import GenParams
+from charter.backends.sampling import draw, generator_for
 
 _FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 """PyTorch's fused CPU attention that also returns log-sum-exps (torch >= 2.3); a plain-matmul path otherwise."""
-
-NUCLEUS_TOPK = 64
-"""Top-p is computed on the 64 most likely tokens when they already hold the nucleus (exact), else on all."""
-
 
 LINEAR_MODES = ("auto", "dense", "onednn")
 """How the engine's projections multiply: ``dense`` is ``F.linear``; ``onednn`` is the same product on weights
@@ -91,10 +88,6 @@ def make_linear(
         packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
         return lambda x: torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, b, "none", [], "")
     return lambda x: F.linear(x, w, b)
-
-
-class EngineUnsupported(ValueError):
-    """The model's architecture is not one the engine implements (the backend falls back to ``generate``)."""
 
 
 MODEL_TYPES = ("llama", "qwen2")
@@ -177,8 +170,8 @@ class Engine:
     ) -> None:
         cfg = model.config
         why = supports(cfg)
-        if why:
-            raise EngineUnsupported(why)
+        if why:  # the backend asks supports() first and takes the plain generate path instead
+            raise ValueError(f"the engine cannot run this model: {why}")
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
@@ -405,21 +398,11 @@ class Engine:
         """Next token per row: argmax when greedy, else a seeded draw with temperature and top-p."""
         picks = logits.argmax(-1).tolist()
         for i, r in enumerate(rows):
-            p = r.params
-            if p.temperature <= 0:
+            if r.params.temperature <= 0:
                 continue
             if r.generator is None:
-                r.generator = torch.Generator().manual_seed(p.seed)
-            probs = torch.softmax(logits[i].float() / p.temperature, dim=-1)
-            if p.top_p < 1.0:
-                top, idx = probs.topk(NUCLEUS_TOPK)
-                if float(top.sum()) < p.top_p:
-                    top, idx = probs.sort(descending=True)
-                keep = (top.cumsum(0) - top) < p.top_p  # smallest set whose mass reaches top_p
-                top, idx = top[keep], idx[keep]
-                picks[i] = int(idx[torch.multinomial(top, 1, generator=r.generator)])
-            else:
-                picks[i] = int(torch.multinomial(probs, 1, generator=r.generator))
+                r.generator = generator_for(r.params)
+            picks[i] = draw(logits[i], r.params, r.generator)
         return picks
 
     def _done(self, r: _Row) -> bool:

@@ -15,16 +15,20 @@ rest.
 ``score_options`` asks for one token with ``logprobs=true, top_logprobs=20`` (the OpenAI maximum) and reads
 the options from the top list: a token matches an option when both are equal after stripping whitespace, and
 several matching tokens (``"A"`` and ``" A"``) are summed. An option missing from the top 20 gets the floor
-``min(top) - 1`` (logged and counted in :attr:`OpenAIBackend.floored_options`); when no option is in the top
-20 the result is an error.
+``min(top) - 1`` (logged, counted in :attr:`OpenAIBackend.floored_options` and marked ``floored`` on the
+scores, which readers count as unusable); when no option is in the top 20 the result is an error.
 
 Chat APIs have no standard way to start the assistant turn with a prefix. We send the prefix as a final
 assistant message with vLLM's extra fields ``continue_final_message: true, add_generation_prompt: false``
 (``charter serve`` honours them too; a server that ignores them scores the first token of a fresh assistant
 turn instead, which is wrong for prefixed prompts, so use vLLM, charter serve or the transformers backend
-there). Score requests also carry ``charter_options`` (the option strings): ``charter serve`` then scores
-exactly those options with the backend's ``score_options``; vLLM and llama.cpp ignore the field, but strict
-servers such as api.openai.com reject unknown fields.
+there). Before its first prefixed score request the backend checks which kind of server it talks to
+(:meth:`OpenAIBackend.prefix_check`); against one that ignores the fields every prefixed score is an error
+saying so, not a silent reading of the wrong position.
+
+Score requests also carry ``charter_options`` (the option strings): ``charter serve`` then scores exactly those
+options with the backend's ``score_options``; vLLM and llama.cpp ignore the field, but strict servers such as
+api.openai.com reject unknown fields.
 """
 
 from __future__ import annotations
@@ -56,6 +60,10 @@ TOP_LOGPROBS = 20
 
 NO_LOGPROBS_FIX = ("use a server that supports logprobs (vLLM, llama.cpp server, charter serve) "
                    "or the transformers backend")
+
+PREFIX_IGNORED = ("the server ignores continue_final_message: it would score the first token of a fresh "
+                  "assistant turn, not the token after the assistant prefix; use vLLM, charter serve or the "
+                  "transformers backend for option scores")
 
 T = TypeVar("T")
 TopTokens = list[tuple[str, float]]
@@ -107,6 +115,8 @@ class OpenAIBackend:
         self.max_backoff = float(options.extra.get("max_backoff", 30.0))
         self.floored_options = 0
         """How many option log-probs were set to the floor because the option was not in the top list."""
+        self._prefix_mode: str | None = None  # see prefix_check()
+        self._probe_lock = threading.Lock()
         self._key = os.environ.get(options.api_key_env) or None
         self._client: httpx.Client | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -186,6 +196,8 @@ class OpenAIBackend:
         return sorted(pairs, key=lambda t: -t[1])
 
     def _score_one(self, r: ScoreRequest) -> OptionScores:
+        if r.assistant_prefix and self.prefix_check() == "ignored":
+            return OptionScores(logprobs={}, error=PREFIX_IGNORED)
         top = self._top_one(r, TOP_LOGPROBS, r.options)
         found: dict[str, float] = {}
         for option in r.options:
@@ -201,9 +213,55 @@ class OpenAIBackend:
         missing = [o for o in r.options if o not in found]
         if missing:
             self.floored_options += len(missing)
-            log.warning("options %s not in the top %d next tokens: floor log-prob %.2f used",
-                        missing, len(top), floor)
-        return OptionScores(logprobs={o: found.get(o, floor) for o in r.options})
+            log.warning("options %s not in the top %d next tokens: floor log-prob %.2f used (reading marked "
+                        "floored)", missing, len(top), floor)
+        return OptionScores(logprobs={o: found.get(o, floor) for o in r.options}, floored=bool(missing))
+
+    def prefix_check(self) -> str:
+        """Whether the server continues a final assistant message (``"continued"``), scores a fresh assistant turn
+        after it instead (``"ignored"``: ``continue_final_message`` is not honoured), or cannot tell
+        (``"unknown"``: it reports no prompt token counts). Asked once per backend, from ``usage.prompt_tokens``
+        of up to three one-token requests: with the flags, without them, and without the assistant message."""
+        with self._probe_lock:  # one check, even when a batch's threads all ask at once
+            if self._prefix_mode is None:
+                mode = self._check_prefix()
+                if mode is None:  # the check itself failed: the real request will say why; ask again next time
+                    return "unknown"
+                self._prefix_mode = mode
+            return self._prefix_mode
+
+    def _check_prefix(self) -> str | None:
+        convo: list[dict[str, str]] = [{"role": "user", "content": "Say ok."}]
+        said = [*convo, {"role": "assistant", "content": "ok"}]
+        flags = {"continue_final_message": True, "add_generation_prompt": False}
+        try:
+            with_flags = self._prompt_tokens(said, flags)
+            without = self._prompt_tokens(said, {})
+            fresh = self._prompt_tokens(convo, {}) if with_flags == without else None
+        except BackendError as e:
+            log.info("%s: could not check whether the server continues an assistant prefix (%s)", self.base_url, e)
+            return None
+        mode = "unknown"
+        if with_flags and without:
+            if with_flags < without:
+                mode = "continued"  # the flags kept the turn open (vLLM, charter serve)
+            elif with_flags == without and fresh:
+                # the flags changed nothing: the server either always continues a final assistant message
+                # (llama.cpp) — then "ok" adds a token or two — or closes it and opens a new turn (4+ tokens)
+                mode = "ignored" if with_flags - fresh >= 4 else "continued"
+        if mode == "ignored":
+            log.warning("%s: %s", self.base_url, PREFIX_IGNORED)
+        elif mode == "unknown":
+            log.info("%s reports no prompt token counts: cannot check that it continues assistant prefixes",
+                     self.base_url)
+        return mode
+
+    def _prompt_tokens(self, messages: list[dict[str, str]], extra: dict[str, Any]) -> int | None:
+        body = {"model": self.model, "messages": messages, "max_tokens": 1, "temperature": 0.0, "logprobs": True,
+                "top_logprobs": 1, "charter_options": ["ok"], **extra}
+        usage = self._post("/chat/completions", body).get("usage") or {}
+        n = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        return int(n) if isinstance(n, int | float) and n > 0 else None
 
     # --- HTTP with retries ----------------------------------------------------------------------------------
 

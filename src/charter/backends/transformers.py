@@ -6,15 +6,14 @@ template and decoded greedily at temperature 0, else sampled with temperature/to
 stop string. Llama- and Qwen2-architecture models (the embedded one included) decode through charter's engine
 (:mod:`charter.backends.engine`: shared-prefix KV cache, continuous batching, per-request seeds); other models, or
 ``extra={"engine": False}``, use ``model.generate`` on left-padded batches of requests sharing their sampling
-parameters (seeded per batch, so the same requests give the same outputs). Option scoring reads next-token
-log-probabilities from one forward pass, in the generation dtype under "auto" when the engine runs the model (its
-option logits are read in fp32), else in fp32 unless a dtype is forced.
+parameters. Both paths sample each request from its own generator seeded by its ``GenParams.seed``
+(:mod:`charter.backends.sampling`), so an answer does not depend on which requests shared its batch. Option
+scoring reads next-token log-probabilities from one forward pass, in the generation dtype under "auto" when the
+engine runs the model (its option logits are read in fp32), else in fp32 unless a dtype is forced.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -280,26 +279,29 @@ class TransformersBackend:
 
     def _generate_batch(self, prompts: list[list[int]], params: list[GenParams]) -> list[Generation]:
         import torch
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        from charter.backends.sampling import SeededSampler
 
         p = params[0]
         ids, mask = self.left_pad(prompts)
-        sample = p.temperature > 0
+        # Greedy decoding for generate; a sampled row is drawn by SeededSampler from its own request's generator,
+        # so it does not depend on its batch-mates (one RNG per batch would).
         cfg = GenerationConfig(
             max_new_tokens=p.max_new_tokens,
-            do_sample=sample,
+            do_sample=False,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_ids,
-            temperature=p.temperature if sample else None,
-            top_p=p.top_p if sample else None,
+            temperature=None,
+            top_p=None,
             top_k=None,
             stop_strings=list(p.stop) or None,
         )
-        if sample:
-            torch.manual_seed(batch_seed([q.seed for q in params]))
+        sampler = LogitsProcessorList([SeededSampler(params)]) if p.temperature > 0 else None
         with torch.inference_mode():
             seqs = self.model.generate(
-                input_ids=ids, attention_mask=mask, generation_config=cfg, tokenizer=self.tokenizer if p.stop else None
+                input_ids=ids, attention_mask=mask, generation_config=cfg, logits_processor=sampler,
+                tokenizer=self.tokenizer if p.stop else None,
             )
         new = seqs[:, ids.shape[1] :].tolist()
         return [self.finish(row, len(prompt), p) for row, prompt in zip(new, prompts, strict=True)]
@@ -328,24 +330,11 @@ class TransformersBackend:
         return self._score_model
 
     def option_tokens(self, text: str, options: Sequence[str]) -> tuple[list[int], list[int]]:
-        """The context ids and, per option, the id of its first token as it is tokenised right after ``text``.
+        """The context ids and each option's first token id right after ``text``
+        (:func:`charter.backends.option_tokens.option_first_tokens`)."""
+        from charter.backends.option_tokens import option_first_tokens
 
-        Tokenisers merge across the boundary (``"is: " + "A"`` becomes ``"is:" + " A"``), so the context is
-        cut back to where every ``text + option`` tokenisation departs from the tokens of ``text`` alone.
-        """
-        base = self.encode(text)
-        fulls = []
-        for o in options:
-            if not o:
-                raise BackendError("an empty option cannot be scored", "give each option a character or more")
-            fulls.append(self.encode(text + o))
-        k = len(base)
-        for f in fulls:
-            j = 0
-            while j < min(len(f), len(base)) and f[j] == base[j]:
-                j += 1
-            k = min(k, j)
-        return base[:k], [f[k] for f in fulls]
+        return option_first_tokens(self.encode, text, options)
 
     @property
     def score_engine(self) -> Any:
@@ -394,8 +383,3 @@ class TransformersBackend:
                 out.append(OptionScores(logprobs=lp))
         return out
 
-
-def batch_seed(seeds: Sequence[int]) -> int:
-    """One torch seed for a batch, derived from its requests' seeds (same requests → same seed)."""
-    digest = hashlib.sha256(json.dumps(list(seeds)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)

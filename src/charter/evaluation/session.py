@@ -3,7 +3,8 @@
 The session holds the answers, every judgement and every failure as the evaluation goes; it loads models
 through the run's call cache, has every model answer every prompt, and asks every judge a question about every
 answer (per-judge verdicts, plus a ``majority`` verdict when there are several judges). A model or judge that
-raises is recorded as a failure and the evaluation goes on without it.
+fails (:func:`model_failure`: a backend error, an OS or HTTP error, out of memory) is recorded as a failure and the
+evaluation goes on without it; a bug propagates.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from charter.backends import BackendOptions, load_backend
 from charter.backends.base import GenParams, GenRequest, Message
+from charter.errors import CharterError
 from charter.evaluation.judge import Choice, JudgeMode, Reading, ask, judge_hash, majority
 from charter.evaluation.refusal import OPTION_CLASS
 from charter.progress import ProgressPrinter
@@ -97,6 +99,24 @@ class EvalConfig(BaseModel):
     dtype: str = Field(default="auto", description="dtype of local models: 'auto', 'float32' or 'bfloat16'.")
 
 
+def model_failure(e: Exception) -> bool:
+    """Whether ``e`` is a model or its transport failing — recorded, and the evaluation goes on without that model or
+    judge — rather than a bug, which must propagate instead of becoming a "model failed" row.
+
+    Failures: charter's own errors (every backend turns a model that will not load, an unreachable or refusing
+    server and a failed generation into a :class:`~charter.errors.BackendError`), OS errors (unreadable files,
+    sockets), HTTP-client errors a backend did not translate, and running out of memory (a model too big for the
+    machine: ``MemoryError``, or torch's allocator failing). Anything else — a TypeError, KeyError, ValueError or
+    other RuntimeError from charter or a library — is a bug.
+    """
+    if isinstance(e, CharterError | OSError | MemoryError):
+        return True
+    if type(e).__module__.split(".")[0] == "httpx":
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
 def cut(text: str, n: int) -> str:
     """``text`` stripped and cut to ``n`` characters (with '…')."""
     text = text.strip()
@@ -160,6 +180,8 @@ class EvalSession:
                 backend = self.backend(spec)
                 gens = backend.generate(requests, progress=self.progress(f"answers of {name}"))
             except Exception as e:  # a model that cannot load or answer is reported, the others go on
+                if not model_failure(e):
+                    raise
                 self.fail("answer", f"{name} ({spec})", e)
                 continue
             finally:
@@ -205,6 +227,8 @@ class EvalSession:
                 per_judge[spec] = ask(judge, choices, cfg.judge_mode, cfg.min_option_mass,
                                       progress=self.progress(f"{what} by {spec}"))
             except Exception as e:
+                if not model_failure(e):
+                    raise
                 self.fail(what, spec, e)
                 continue
             for (a, x), r in zip(items, per_judge[spec], strict=True):
