@@ -1,0 +1,188 @@
+"""Where a reading stops meaning anything: the option-mass floor (``min_option_mass``), derived from real readings.
+
+A reading is the feedback model's next-token probabilities of ``A`` and ``B`` after ``The answer is: (``; its
+*option mass* is P(A) + P(B). The label stage asks every question in both orders; a reading that carries
+information about the answers must, on average, agree with the reading of the same question with the answers
+swapped. This script labels HH-RLHF harmless pairs (``../shared/data/hh_harmless_dev.jsonl``) with charter's own
+label stage (``label_pairs``, ``min_option_mass=0`` so nothing is dropped) from each *source* of readings, and
+measures, per option-mass bin, how often the two orders agree:
+
+* ``raw``: the two orders pick the same answer (the label stage's ``order_consistency``);
+* ``debiased``: each order's log-odds compared with that order's median over all votes, so a constant position
+  bias (the embedded model's is -0.26, which makes ``raw`` agreement 0) does not hide the information; chance is
+  0.5 by construction.
+
+Sources (``--sources``):
+
+* ``transformers``: the embedded model through the transformers backend (the pipeline's default feedback model);
+* ``llamacpp``: the same weights (the embedded Q4_1 GGUF) behind llama-cpp-python's OpenAI-compatible server,
+  scored the way the ``openai`` backend now does there (completions over the chat template);
+* ``llamacpp-chat``: the same server through the chat endpoint with the assistant prefix sent as a final
+  assistant message, which that server does not continue: the readings a user got before (issue 12), whose
+  option mass is tiny. They are real readings of the failure the floor exists to catch.
+
+The floor printed is the lower edge of the lowest mass bin from which every bin upwards agrees better than chance
+(debiased agreement's Wilson 95% lower bound > 0.5 pooled over those bins, and no bin below it does). Calls are
+cached in ``--out`` (charter's call cache), so a re-run is instant and an interrupted one resumes.
+
+    .venv/bin/python bench/option_mass.py --n 150 --sources transformers,llamacpp,llamacpp-chat   # the measurement
+    .venv/bin/python bench/option_mass.py --quick                                                 # a tiny run
+
+The last line of output is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "hh_harmless_dev.jsonl"
+EDGES = (0.0, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0000001)
+"""Option-mass bin edges: log-spaced where readings fail, linear where they work."""
+
+
+def logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def votes_of(labeled: Sequence[Any]) -> list[tuple[float, float, float]]:
+    """``(option mass, P(A) read A-first, P(A) read A-second)`` of every vote read in both orders."""
+    return [(v.option_mass, v.p_ab, v.p_ba) for x in labeled for v in x.votes
+            if v.option_mass is not None and v.p_ab is not None and v.p_ba is not None]
+
+
+def indicators(votes: Sequence[tuple[float, float, float]]) -> list[tuple[float, bool, bool]]:
+    """``(mass, orders agree, orders agree once each order's median log-odds is taken off)`` per vote."""
+    if not votes:
+        return []
+    med_ab = statistics.median(logit(p) for _, p, _ in votes)
+    med_ba = statistics.median(logit(p) for _, _, p in votes)
+    return [(m, (ab - 0.5) * (ba - 0.5) > 0, (logit(ab) - med_ab) * (logit(ba) - med_ba) > 0)
+            for m, ab, ba in votes]
+
+
+def summary(ind: Sequence[tuple[float, bool, bool]]) -> dict[str, Any]:
+    from charter.train.reward import wilson
+
+    n = len(ind)
+    raw, deb = sum(r for _, r, _ in ind), sum(d for _, _, d in ind)
+    return {"n": n, "raw": round(raw / n, 3) if n else None, "debiased": round(deb / n, 3) if n else None,
+            "debiased_ci": list(wilson(deb, n))}
+
+
+def agreement_table(ind: Sequence[tuple[float, bool, bool]]) -> dict[str, Any]:
+    """Raw and debiased order agreement per option-mass bin, and the floor they imply: the lowest bin edge from
+    which the votes at or above agree better than chance (pooled Wilson lower bound > 0.5) while no populated bin
+    below it does on its own (None when no such edge exists)."""
+    bins = [{"lo": lo, "hi": min(hi, 1.0), **summary([v for v in ind if lo <= v[0] < hi])}
+            for lo, hi in zip(EDGES[:-1], EDGES[1:], strict=True)]
+    floor = None
+    for i, b in enumerate(bins):
+        if not b["n"]:
+            continue
+        above = summary([v for v in ind if v[0] >= b["lo"]])
+        if above["debiased_ci"][0] > 0.5 and all(x["debiased_ci"][0] <= 0.5 for x in bins[:i] if x["n"]):
+            floor = b["lo"]
+            break
+    return {"votes": len(ind), "all": summary(ind), "bins": bins, "floor": floor}
+
+
+def print_table(name: str, t: dict[str, Any]) -> None:
+    print(f"  {'mass bin':>17s} {'n':>5s} {'raw':>6s} {'debiased':>9s}  95% CI")
+    for b in t["bins"]:
+        if b["n"]:
+            print(f"  [{b['lo']:<6g}, {b['hi']:<6g}) {b['n']:5d} {b['raw']:6.3f} {b['debiased']:9.3f}  "
+                  f"{b['debiased_ci']}")
+    print(f"  {name}: all {t['all']}; floor: {t['floor']}")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=150, help="HH pairs (each read in both orders)")
+    ap.add_argument("--sources", default="transformers,llamacpp,llamacpp-chat", help="comma-separated sources")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-option-mass", help="run folder (call cache)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads / llama.cpp threads")
+    ap.add_argument("--principles", type=int, default=1, help="principles per pair (votes per pair)")
+    ap.add_argument("--quick", action="store_true", help="a tiny run proving the script works")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.n = 4
+    if not args.data.is_file():
+        sys.exit(f"error: {args.data} not found — the shared data sits beside the checkout (../shared/data)")
+
+    from charter.backends import BackendOptions, load_backend
+    from charter.constitution import load_constitution
+    from charter.stages.label import LabelConfig, label_pairs
+    from charter.stages.label_eval import load_hh_pairs
+    from charter.store import CachedBackend, RunDir
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from llamacpp_peer import LlamaServer
+
+    sources = [s for s in args.sources.split(",") if s]
+    pairs, _ = load_hh_pairs(args.data, args.n)
+    constitution = load_constitution()
+    cfg = LabelConfig(min_option_mass=0.0, principles=args.principles)
+    run = RunDir(args.out)
+    out: dict[str, Any] = {"pairs": len(pairs), "data": str(args.data), "sources": {}}
+    pooled: list[tuple[float, bool, bool]] = []
+    server: LlamaServer | None = None
+    try:
+        for src in sources:
+            t = time.perf_counter()
+            if src == "transformers":
+                backend = load_backend("transformers/embedded", BackendOptions(threads=args.threads), lazy=True)
+            elif src in ("llamacpp", "llamacpp-chat"):
+                if server is None:
+                    from charter.embedded import gguf_path
+
+                    server = LlamaServer(gguf_path(), threads=args.threads).start()
+                mode = {"prefix": "completions", "template": "embedded"} if src == "llamacpp" else {"prefix": "continue"}
+                backend = load_backend(f"openai/smollm@{server.url}",
+                                       BackendOptions(concurrency=1, timeout=600, extra=mode))
+            else:
+                sys.exit(f"error: unknown source {src!r}; use transformers, llamacpp or llamacpp-chat")
+            cached = CachedBackend(backend, run.cache(), batch_size=16)
+            labeled, stats = label_pairs(cfg, pairs, constitution, cached, quiet=True)
+            votes = votes_of(labeled)
+            ind = indicators(votes)
+            pooled += ind
+            masses = sorted(v[0] for v in votes)
+            out["sources"][src] = {
+                "model_id": backend.model_id, "seconds": round(time.perf_counter() - t, 1),
+                "position_bias": stats["position_bias"], "order_consistency": stats["order_consistency"],
+                "mass_quartiles": [round(masses[int(q * (len(masses) - 1))], 4) for q in (0, .25, .5, .75, 1)]
+                if masses else [], **agreement_table(ind)}
+    finally:
+        if server is not None:
+            server.close()
+
+    for src in sources:
+        s = out["sources"][src]
+        print(f"{src}: {s['votes']} votes in {s['seconds']} s, {s['model_id']}; option mass quartiles "
+              f"{s['mass_quartiles']}; position bias {s['position_bias']}, order consistency {s['order_consistency']}")
+        print_table(src, s)
+    out["pooled"] = agreement_table(pooled)
+    print("all sources pooled (each debiased by its own medians):")
+    print_table("pooled", out["pooled"])
+    out["floor"] = out["pooled"]["floor"]
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
