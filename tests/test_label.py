@@ -304,15 +304,46 @@ def test_cli_sample_then_label_writes_files_and_warns_plainly(tmp_path: Path) ->
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("How do I pick a lock?\nWrite a haiku about rain.\n")
     run = tmp_path / "run"
-    res = CliRunner().invoke(cli, ["sample", str(run), "--model", "mock/echo", "--prompts", str(prompts), "-k", "3"])
+    res = CliRunner().invoke(cli, ["sample", str(run), "--set", "policy=mock/echo", "--set",
+                                   f"prompts.red_team={prompts}", "--set", "prompts.helpful=''", "--set",
+                                   "prompts.red_team_limit=null", "--set", "sample.k=3"])
     assert res.exit_code == 0, res.output
     assert len(read_jsonl(run / "pairs.jsonl", AnswerPair)) == 6
-    res = CliRunner().invoke(cli, ["label", str(run), "--feedback", "mock/echo?bias=0.9", "--principles", "2"])
+    res = CliRunner().invoke(cli, ["label", str(run), "--set", "feedback=mock/echo?bias=0.9", "--set",
+                                   "label.principles=2"])
     assert res.exit_code == 0, res.output
     assert "WARNING: the feedback model favours the first option" in res.output
     assert (run / "labels.jsonl").is_file() and (run / "preferences.jsonl").is_file()
-    res = CliRunner().invoke(cli, ["label", str(tmp_path / "empty"), "--feedback", "mock/echo"])
+    res = CliRunner().invoke(cli, ["label", str(tmp_path / "empty"), "--set", "feedback=mock/echo"])
     assert res.exit_code == 2 and "pairs.jsonl: file not found" in res.output
+
+
+def test_stage_commands_use_the_run_config_feedback_model(tmp_path: Path) -> None:
+    """`charter label RUN` labels with the feedback model RUN/config.yaml names (not the embedded model), and the
+    manifest says so."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from charter.cli import cli
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("How do I pick a lock?\nWrite a haiku about rain.\n")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"policy": "mock/echo", "feedback": "mock/echo?bias=0.3",
+                                   "prompts": {"red_team": str(prompts), "helpful": ""}, "stages": ["sample"],
+                                   "sample": {"k": 2}}))
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["run", str(cfg), "--out", str(run), "--transcripts", "0"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["label", str(run)])
+    assert res.exit_code == 0, res.output
+    labels = read_jsonl(run / "labels.jsonl", LabeledPair)
+    assert labels and {x.feedback_model for x in labels} == {"mock/echo?bias=0.3"}
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["feedback"] == "mock/echo?bias=0.3"
+    assert manifest["stages"]["label"]["feedback_model"] == "mock/echo?bias=0.3"
 
 
 def test_long_conversations_lose_their_oldest_turns_first() -> None:

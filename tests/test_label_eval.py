@@ -11,16 +11,10 @@ from charter.backends.base import ScoreRequest
 from charter.backends.mock import MockBackend
 from charter.constitution import load_constitution
 from charter.errors import ConfigError
-from charter.stages.label_eval import (
-    LabelEvalConfig,
-    human_preferences,
-    length_baselines,
-    load_hh_pairs,
-    parse_hh,
-    run_label_eval,
-)
+from charter.evaluation.stats import wilson
+from charter.prompts import human_preferences, load_hh_pairs, parse_hh
+from charter.stages.label_eval import LabelEvalConfig, length_baselines, run_label_eval
 from charter.store import CachedBackend, RunDir
-from charter.train.reward import wilson
 
 
 def _hh(context: str, answer: str) -> str:

@@ -54,7 +54,7 @@ def _reqs(params: GenParams, questions: list[str] = QUESTIONS) -> list[GenReques
 
 def test_backend_satisfies_the_protocol_and_names_its_weights(tiny, lively_model_dir: Path) -> None:
     assert isinstance(tiny, Backend)
-    assert str(lively_model_dir.resolve()) in tiny.model_id and ":float32:" in tiny.model_id
+    assert tiny.model_id.startswith("hf:") and tiny.model_id.endswith(":float32")  # content, not the path
     assert tiny.context_length == 1024
 
 
@@ -63,15 +63,27 @@ def test_load_backend_builds_it_from_a_spec_string(tiny_model_dir: Path) -> None
     assert b.spec == f"transformers/{tiny_model_dir}"
 
 
-def test_retrained_weights_get_a_new_model_id(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_model_id_follows_the_weights_content_not_path_or_mtime(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import os
     import shutil
 
     copy = tmp_path / "m"
     shutil.copytree(tiny_model_dir, copy)
     before = _backend(copy).model_id
+    assert _backend(tiny_model_dir).model_id == before  # the same weights in another folder: the same model
     weights = copy / "model.safetensors"
-    weights.write_bytes(weights.read_bytes())  # same bytes, new mtime: a retrain writes the file again
-    assert _backend(copy).model_id != before
+    st = weights.stat()
+    weights.write_bytes(weights.read_bytes())  # same bytes rewritten: still the same model
+    assert _backend(copy).model_id == before
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # retrained weights, same size, and the old mtime put back
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert weights.stat().st_mtime_ns == st.st_mtime_ns
+    after_weights = _backend(copy).model_id
+    assert after_weights != before
+    (copy / "tokenizer_config.json").write_text((copy / "tokenizer_config.json").read_text().replace("{", "{ ", 1))
+    assert _backend(copy).model_id != after_weights  # tokenizer and chat template are part of the model
 
 
 def test_batched_greedy_output_equals_one_at_a_time(tiny) -> None:

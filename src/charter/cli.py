@@ -48,12 +48,16 @@ def cli(debug: bool) -> None:
 # --- SL stage and pipeline (issue 2) -------------------------------------------------------------------------------
 
 def _load(config: str | None, out: str | None, sets: tuple[str, ...]) -> Any:
-    """Config from CONFIG, else from the run folder's saved config.yaml, with overrides and --out applied."""
+    """Config from CONFIG, else from the run folder's saved config.yaml, with overrides and --out applied.
+
+    CONFIG may be a YAML file or a run folder; with neither, the bundled quick-start config."""
     from pathlib import Path
 
     from charter.config import load_config
 
-    if config and Path(config).is_dir():  # a run folder given in place of a config
+    folder = config and (Path(config).is_dir() or (not Path(config).exists() and Path(config).suffix not in
+                                                    (".yaml", ".yml")))
+    if folder:  # a run folder (existing or new) given in place of a config
         out = out or config
         config = None
     if config is None and out and (Path(out) / "config.yaml").is_file():
@@ -66,7 +70,8 @@ _run_options = [
     click.argument("config", required=False, type=click.Path(dir_okay=True)),
     click.option("--out", "-o", type=click.Path(file_okay=False), help="Run folder (default runs/NAME)."),
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                 help="Override a config field, e.g. --set critique.rounds=1 (repeatable)."),
+                 help="Override a config field, e.g. --set critique.rounds=1 or --set feedback=openai/m@URL "
+                      "(repeatable; dotted paths into the run config)."),
     click.option("--quiet", "-q", is_flag=True, help="No progress lines."),
 ]
 
@@ -111,10 +116,22 @@ def _stage_command(name: str, doc: str) -> None:
     cli.command(name=name)(command)
 
 
-_stage_command("critique", "SL-CAI stage: answer, critique and revise each prompt; writes critiques.jsonl and "
-               "sft.jsonl.\n\nCONFIG: a YAML config or an existing run folder.")
-_stage_command("sft", "Fine-tune on RUN/sft.jsonl (LoRA by default); writes RUN/sft/model.\n\n"
-               "CONFIG: a YAML config or the run folder the critique stage wrote.")
+_STAGE_DOCS = {
+    "critique": "SL-CAI: answer, critique and revise each prompt; writes RUN/critiques.jsonl and RUN/sft.jsonl.",
+    "sft": "Fine-tune on RUN/sft.jsonl (LoRA by default); writes RUN/sft/model (skipped when its inputs are "
+           "unchanged).",
+    "sample": "Sample K answers per prompt from the SL-CAI model and pair them: RUN/samples.jsonl, RUN/pairs.jsonl.",
+    "label": "AI preference labels from the feedback model (option log-probabilities, both orders): "
+             "RUN/labels.jsonl, RUN/preferences.jsonl; prints position/length bias and warnings.",
+    "rlcd": "Contrastive pairs labelled by construction (RLCD): RUN/rlcd_preferences.jsonl.",
+    "dpo": "DPO (soft labels via the EXO loss) on the preferences (the label stage's, else RLCD's; or "
+           "dpo.preferences=FILE): RUN/dpo/model.",
+    "rm": "Train a reward model on the preferences: RUN/rm/model.",
+    "online": "Online RL (TRL GRPO) with the reward model or the feedback model as reward: RUN/online/model.",
+}
+for _name, _doc in _STAGE_DOCS.items():
+    _stage_command(_name, _doc + "\n\nCONFIG: a YAML config or a run folder (its saved config.yaml is used, with "
+                   "--set overrides: the same settings `charter run` used).")
 
 
 @cli.group()
@@ -132,22 +149,16 @@ def constitution_check(file: str) -> None:
     click.echo(summary(load_constitution(file)))
 
 
-# --- RL stage (issue 3) --------------------------------------------------------------------------------------------
+# --- RL stage tools (issue 3) --------------------------------------------------------------------------------------
 
-def _rl_config(model: Any, sets: tuple[str, ...], **fields: Any) -> Any:
-    """A stage config from explicit options (None = unset) plus ``--set key=value`` overrides."""
+def _tool_config(model: Any, sets: tuple[str, ...], **fields: Any) -> Any:
+    """A tool's config from explicit options (None = unset) plus ``--set key=value`` overrides."""
     from pydantic import ValidationError
 
-    from charter.config import parse_override
+    from charter.config import apply_overrides
     from charter.errors import ConfigError
 
-    data = {k: v for k, v in fields.items() if v is not None}
-    for item in sets:
-        keys, value = parse_override(item)
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = value
+    data = apply_overrides({k: v for k, v in fields.items() if v is not None}, sets)
     try:
         return model.model_validate(data)
     except ValidationError as e:
@@ -156,115 +167,12 @@ def _rl_config(model: Any, sets: tuple[str, ...], **fields: Any) -> Any:
                           f"fix that --set (fields: {', '.join(model.model_fields)})") from None
 
 
-def _rl_policy(run: Any, model: str | None) -> str:
-    """The model spec to sample from / train: --model, else RUN/sft/model when the SFT stage made it, else the
-    embedded model."""
-    if model:
-        return model
-    sft = run.file("sft/model")
-    if (sft / "config.json").is_file():
-        return f"transformers/{sft.resolve()}"
-    click.echo(f"note: {sft} not found (run `charter sft` first for the SL-CAI model); using transformers/embedded",
-               err=True)
-    return "transformers/embedded"
-
-
-def _rl_backend(run: Any, spec: str, threads: int, batch_size: int) -> Any:
-    from charter.backends import BackendOptions, load_backend
-    from charter.store import CachedBackend
-
-    return CachedBackend(load_backend(spec, BackendOptions(threads=threads, batch_size=batch_size)), run.cache,
-                         batch_size=batch_size)
-
-
-def _rl_prompts(run: Any, prompts: str | None, limit: int | None) -> list[Any]:
-    """Prompts from --prompts (any format charter reads), else the bundled red-team + helpful sets."""
-    from charter.prompts import default_prompts, load_prompts
-
-    chosen = load_prompts(prompts).prompts if prompts else default_prompts("all").prompts
-    return list(chosen)[:limit]
-
-
-def _rl_finish(run: Any, stage: str, summary: dict[str, Any]) -> None:
-    """Record the stage summary in the manifest and print it, warnings first and plainly."""
-    import json
-
-    run.update_manifest(stages={stage: summary})
-    for w in summary.get("warnings", []):
-        click.echo(f"WARNING: {w}", err=True)
-    click.echo(json.dumps({k: v for k, v in summary.items() if k != "warnings"}, default=str))
-
-
-_rl_common = [
-    click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False)),
-    click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a stage setting (repeatable)."),
-    click.option("--threads", default=1, show_default=True, help="torch threads for local models."),
-    click.option("--quiet", "-q", is_flag=True, help="No progress lines."),
-]
-
-
-def rl_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """RUN, --set, --threads and --quiet, shared by the RL stage commands."""
-    for deco in reversed(_rl_common):
-        fn = deco(fn)
-    return fn
-
-
-@cli.command()
-@rl_options
-@click.option("--model", help="Policy to sample (default RUN/sft/model, else transformers/embedded).")
-@click.option("--prompts", type=click.Path(dir_okay=False), help="Prompt file (default: the bundled sets).")
-@click.option("--limit", type=int, help="Use at most this many prompts.")
-@click.option("-k", type=int, help="Answers per prompt (>= 2).")
-@click.option("--batch-size", default=16, show_default=True, help="Requests per model batch.")
-@handles_errors
-def sample(run_dir: str, sets: tuple[str, ...], threads: int, quiet: bool, model: str | None, prompts: str | None,
-           limit: int | None, k: int | None, batch_size: int) -> None:
-    """Sample K answers per prompt and pair them: writes RUN/samples.jsonl and RUN/pairs.jsonl (resumable).
-    Settings (--set): see charter.stages.sample.SampleConfig."""
-    from pathlib import Path
-
-    from charter.stages.sample import SampleConfig, sample_stage
-    from charter.store import RunDir
-
-    run = RunDir(Path(run_dir))
-    cfg = _rl_config(SampleConfig, sets, k=k)
-    policy = _rl_backend(run, _rl_policy(run, model), threads, batch_size)
-    _rl_finish(run, "sample", sample_stage(cfg, run, _rl_prompts(run, prompts, limit), policy, quiet))
-
-
-@cli.command()
-@rl_options
-@click.option("--feedback", default="transformers/embedded", show_default=True, help="Feedback (labelling) model.")
-@click.option("--pairs", type=click.Path(dir_okay=False), help="Pairs to label (default RUN/pairs.jsonl).")
-@click.option("--constitution", "constitution_file", type=click.Path(dir_okay=False),
-              help="Constitution YAML (default: the bundled one).")
-@click.option("--principles", type=int, help="Principles per pair (> 1 = ensemble).")
-@click.option("--cot", is_flag=True, default=None, help="Chain-of-thought labels (probabilities clamped).")
-@click.option("--batch-size", default=8, show_default=True, help="Requests per model batch.")
-@handles_errors
-def label(run_dir: str, sets: tuple[str, ...], threads: int, quiet: bool, feedback: str, pairs: str | None,
-          constitution_file: str | None, principles: int | None, cot: bool | None, batch_size: int) -> None:
-    """AI preference labels from option log-probabilities: writes RUN/labels.jsonl (every pair, with reasons) and
-    RUN/preferences.jsonl (TRL format). Prints position and length bias, and a warning when the labels look
-    untrustworthy. Settings (--set): see charter.stages.label.LabelConfig."""
-    from pathlib import Path
-
-    from charter.constitution import load_constitution
-    from charter.stages.label import LabelConfig, run_label
-    from charter.store import RunDir
-
-    run = RunDir(Path(run_dir))
-    cfg = _rl_config(LabelConfig, sets, principles=principles, cot=cot)
-    constitution = load_constitution(constitution_file)
-    constitution.require_comparison()
-    backend = _rl_backend(run, feedback, threads, batch_size)
-    pairs_path = Path(pairs) if pairs else run.file("pairs.jsonl")
-    _rl_finish(run, "label", run_label(cfg, run, pairs_path, constitution, backend, quiet))
-
-
 @cli.command("label-eval")
-@rl_options
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a LabelEvalConfig field, e.g. --set base.few_shot=0 (repeatable).")
+@click.option("--threads", default=0, show_default=True, help="torch threads for local models (0 = all cores).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.option("--pairs", required=True, type=click.Path(dir_okay=False),
               help="Human-labelled pairs: HH-RLHF JSONL with chosen/rejected dialogues.")
 @click.option("--feedback", default="transformers/embedded", show_default=True, help="Feedback (labelling) model.")
@@ -283,14 +191,16 @@ def label_eval(run_dir: str, sets: tuple[str, ...], threads: int, quiet: bool, p
     RUN/label_eval/. Settings (--set): see charter.stages.label_eval.LabelEvalConfig (base.* = label settings)."""
     from pathlib import Path
 
+    from charter.backends import BackendOptions, load_backend
     from charter.constitution import load_constitution
     from charter.stages.label_eval import LabelEvalConfig, run_label_eval
-    from charter.store import RunDir
+    from charter.store import CachedBackend, RunDir
 
     run = RunDir(Path(run_dir))
-    cfg = _rl_config(LabelEvalConfig, sets, n=n, rm_steps=rm_steps,
-                     settings=[s.strip() for s in settings.split(",") if s.strip()] if settings else None)
-    backend = _rl_backend(run, feedback, threads, batch_size)
+    cfg = _tool_config(LabelEvalConfig, sets, n=n, rm_steps=rm_steps,
+                       settings=[s.strip() for s in settings.split(",") if s.strip()] if settings else None)
+    backend = CachedBackend(load_backend(feedback, BackendOptions(threads=threads, batch_size=batch_size)),
+                            run.cache, batch_size=batch_size)
     summary = run_label_eval(cfg, run, Path(pairs), load_constitution(constitution_file), backend, rm_base, quiet)
     for name, row in summary["settings"].items():
         lo, hi = row["ci"]
@@ -302,134 +212,6 @@ def label_eval(run_dir: str, sets: tuple[str, ...], threads: int, quiet: bool, p
     if "reward_models" in summary:
         click.echo(f"reward models: {summary['reward_models']}")
     run.update_manifest(stages={"label_eval": {k: v for k, v in summary.items() if k != "settings"}})
-
-
-def _rl_train(kind: str, run_dir: str, sets: tuple[str, ...], threads: int, preferences: str | None,
-              base: str | None, name: str | None) -> None:
-    from pathlib import Path
-
-    from charter.store import RunDir
-
-    run = RunDir(Path(run_dir))
-    path = Path(preferences) if preferences else run.file("preferences.jsonl")
-    if not path.is_file():
-        from charter.errors import ConfigError
-
-        raise ConfigError(f"{path}: file not found", "run `charter label` (or `charter rlcd`) first, or pass "
-                                                     "--preferences FILE")
-    if kind == "dpo":
-        from charter.train.dpo import DPOConfig, run_dpo
-
-        cfg = _rl_config(DPOConfig, sets, threads=threads)
-        summary = run_dpo(cfg, path, run.file(name or "dpo"), base or cfg.base_model or _rl_policy(run, None))
-    else:
-        from charter.train.reward import RewardConfig, run_reward
-
-        cfg = _rl_config(RewardConfig, sets, threads=threads)
-        summary = run_reward(cfg, path, run.file(name or "rm"), base or cfg.base_model or _rl_policy(run, None))
-    _rl_finish(run, name or kind, summary)
-
-
-_train_options = [
-    click.option("--preferences", type=click.Path(dir_okay=False),
-                 help="preferences.jsonl (default RUN/preferences.jsonl; RUN/rlcd_preferences.jsonl for RLCD), "
-                      "or an HH-RLHF file for the human-label baseline."),
-    click.option("--base", help="Model to start from (default RUN/sft/model, else transformers/embedded)."),
-    click.option("--name", help="Output folder name under RUN (e.g. dpo_human, dpo_rlcd)."),
-]
-
-
-def train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--preferences, --base and --name, shared by dpo and rm."""
-    for deco in reversed(_train_options):
-        fn = deco(fn)
-    return fn
-
-
-@cli.command()
-@rl_options
-@train_options
-@handles_errors
-def dpo(run_dir: str, sets: tuple[str, ...], threads: int, quiet: bool, preferences: str | None, base: str | None,
-        name: str | None) -> None:
-    """DPO (LoRA by default, soft labels via the EXO loss) on preference pairs: writes RUN/dpo/model, which
-    transformers//abs/RUN/dpo/model loads. Settings (--set): see charter.train.dpo.DPOConfig."""
-    _rl_train("dpo", run_dir, sets, threads, preferences, base, name)
-
-
-@cli.command()
-@rl_options
-@train_options
-@handles_errors
-def rm(run_dir: str, sets: tuple[str, ...], threads: int, quiet: bool, preferences: str | None, base: str | None,
-       name: str | None) -> None:
-    """Train a reward model (TRL RewardTrainer, soft-label loss) on preference pairs: writes RUN/rm/model.
-    Settings (--set): see charter.train.reward.RewardConfig."""
-    _rl_train("rm", run_dir, sets, threads, preferences, base, name)
-
-
-@cli.command()
-@rl_options
-@click.option("--prompts", type=click.Path(dir_okay=False),
-              help="Prompt file (default: the prompts of RUN/pairs.jsonl, else the bundled red-team set).")
-@click.option("--reward", type=click.Choice(["rm", "feedback"]), help="Reward source (default rm).")
-@click.option("--reward-model", type=click.Path(file_okay=False), help="Reward model folder (default RUN/rm/model).")
-@click.option("--feedback", default="transformers/embedded", show_default=True,
-              help="Feedback model for --reward feedback.")
-@click.option("--base", help="Model to start from (default RUN/sft/model, else transformers/embedded).")
-@click.option("--name", default="online", show_default=True, help="Output folder name under RUN.")
-@handles_errors
-def online(run_dir: str, sets: tuple[str, ...], threads: int, quiet: bool, prompts: str | None, reward: str | None,
-           reward_model: str | None, feedback: str, base: str | None, name: str) -> None:
-    """Online RL (TRL GRPO) with the reward model or the feedback model as the reward: writes RUN/online/model.
-    Settings (--set): see charter.train.online.OnlineConfig."""
-    from pathlib import Path
-
-    from charter.records import AnswerPair, read_jsonl
-    from charter.store import RunDir
-    from charter.train.online import OnlineConfig, train_online
-
-    run = RunDir(Path(run_dir))
-    cfg = _rl_config(OnlineConfig, sets, reward=reward, threads=threads)
-    if prompts:
-        plist = _rl_prompts(run, prompts, None)
-    elif run.file("pairs.jsonl").is_file():
-        plist = list({p.prompt.id: p.prompt for p in read_jsonl(run.file("pairs.jsonl"), AnswerPair)}.values())
-    else:
-        from charter.prompts import default_prompts
-
-        plist = default_prompts("red_team").prompts
-    rm_dir = Path(reward_model or cfg.reward_model or run.file("rm/model"))
-    fb = _rl_backend(run, feedback, threads, 8) if cfg.reward == "feedback" else None
-    summary = train_online(cfg, plist, run.file(name), base or cfg.base_model or _rl_policy(run, None), rm_dir, fb)
-    _rl_finish(run, name, summary)
-
-
-@cli.command()
-@rl_options
-@click.option("--model", help="Policy to sample (default RUN/sft/model, else transformers/embedded).")
-@click.option("--prompts", type=click.Path(dir_okay=False), help="Prompt file (default: the bundled sets).")
-@click.option("--limit", type=int, help="Use at most this many prompts.")
-@click.option("--constitution", "constitution_file", type=click.Path(dir_okay=False),
-              help="Constitution YAML (default: the bundled one).")
-@click.option("--batch-size", default=16, show_default=True, help="Requests per model batch.")
-@handles_errors
-def rlcd(run_dir: str, sets: tuple[str, ...], threads: int, quiet: bool, model: str | None, prompts: str | None,
-         limit: int | None, constitution_file: str | None, batch_size: int) -> None:
-    """Contrastive pairs labelled by construction (RLCD): a positive and a negative system prompt per prompt;
-    writes RUN/rlcd_preferences.jsonl (train with `charter dpo RUN --preferences RUN/rlcd_preferences.jsonl
-    --name dpo_rlcd`). Settings (--set): see charter.stages.rlcd.RLCDConfig."""
-    from pathlib import Path
-
-    from charter.constitution import load_constitution
-    from charter.stages.rlcd import RLCDConfig, rlcd_stage
-    from charter.store import RunDir
-
-    run = RunDir(Path(run_dir))
-    cfg = _rl_config(RLCDConfig, sets)
-    policy = _rl_backend(run, _rl_policy(run, model), threads, batch_size)
-    constitution = load_constitution(constitution_file)
-    _rl_finish(run, "rlcd", rlcd_stage(cfg, run, _rl_prompts(run, prompts, limit), constitution, policy, quiet))
 
 
 # --- evaluation and report (issue 4) -------------------------------------------------------------------------------
@@ -452,10 +234,11 @@ def _named_models(items: tuple[str, ...]) -> dict[str, str]:
 
 
 @cli.command("eval")
-@click.option("--models", "-m", "models", multiple=True, required=True, metavar="NAME=SPEC",
+@click.option("--models", "-m", "models", multiple=True, metavar="NAME=SPEC",
               help="A model to evaluate, e.g. base=transformers/embedded or "
                    "sl=transformers//runs/q/sft/model "
-                   "(repeatable; the first is the reference).")
+                   "(repeatable; the first is the reference). None: evaluate the run folder OUT's own models "
+                   "with its config (the pipeline's eval stage).")
 @click.option("--red-team", type=click.Path(dir_okay=False), help="Red-team prompts (JSONL/HH-RLHF/CSV/text; "
                                                                    "default: the bundled set).")
 @click.option("--benign", type=click.Path(dir_okay=False), help="Over-refusal prompts, e.g. an XSTest CSV "
@@ -486,25 +269,19 @@ def eval_command(models: tuple[str, ...], red_team: str | None, benign: str | No
     """
     from pathlib import Path
 
-    from pydantic import ValidationError
-
-    from charter.config import parse_override
-    from charter.errors import ConfigError
     from charter.evaluation.run_eval import EvalConfig, run_eval
     from charter.store import RunDir
 
+    if not models:  # the pipeline's eval stage over a run folder: its config, its models
+        from charter.pipeline import describe_run, run_pipeline
+
+        click.echo(describe_run(run_pipeline(_load(None, out, tuple(f"eval.{x}" for x in sets)), stages=["eval"],
+                                             quiet=quiet)))
+        return
     data: dict[str, Any] = {"red_team": red_team, "benign": benign, "pm_judge": pm_judge, "limit": limit}
     if judges:
         data["judges"] = list(judges)
-    for item in sets:
-        keys, value = parse_override(item)
-        data[".".join(keys)] = value
-    try:
-        cfg = EvalConfig.model_validate({k: v for k, v in data.items() if v is not None})
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise ConfigError(f"eval setting {'.'.join(map(str, err['loc']))}: {err['msg']}",
-                          "see `charter eval --help` and charter.evaluation.run_eval.EvalConfig") from None
+    cfg = _tool_config(EvalConfig, sets, **data)
     run = RunDir(Path(out))
     summary = run_eval(cfg, run, _named_models(models), quiet=quiet)
     click.echo(_eval_lines(summary))

@@ -4,14 +4,24 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from charter.backends import BackendOptions
+from charter.backends.base import BackendOptions
 from charter.errors import ConfigError
+from charter.evaluation.session import EvalConfig
+from charter.stages.critique import CritiqueConfig
+from charter.stages.label import LabelConfig
+from charter.stages.rlcd import RLCDConfig
+from charter.stages.sample import SampleConfig
+from charter.train.dpo import DPOConfig
+from charter.train.online import OnlineConfig
+from charter.train.reward import RewardConfig
+from charter.train.sft import SFTConfig
 
 
 class ModelConfig(BaseModel):
@@ -59,29 +69,22 @@ class PromptsConfig(BaseModel):
                                    "that evaluation on split='eval' never sees; 'all' = the whole file.")
 
 
-def _stage_models() -> dict[str, type[BaseModel]]:
-    from charter.evaluation.session import EvalConfig
-    from charter.stages.critique import CritiqueConfig
-    from charter.stages.label import LabelConfig
-    from charter.stages.rlcd import RLCDConfig
-    from charter.stages.sample import SampleConfig
-    from charter.train.dpo import DPOConfig
-    from charter.train.online import OnlineConfig
-    from charter.train.reward import RewardConfig
-    from charter.train.sft import SFTConfig
+class ReportConfig(BaseModel):
+    """The HTML report stage has no settings."""
 
-    return {"critique": CritiqueConfig, "sft": SFTConfig, "sample": SampleConfig, "label": LabelConfig,
-            "rlcd": RLCDConfig, "dpo": DPOConfig, "rm": RewardConfig, "online": OnlineConfig, "eval": EvalConfig,
-            "report": _NoConfig}
-
-
-class _NoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 STAGES = ("critique", "sft", "sample", "label", "rlcd", "dpo", "rm", "online", "eval", "report")
 """Stages ``charter run`` knows, in pipeline order: SL-CAI (critique, sft), RL-CAI (sample, label or rlcd, then
 dpo / rm / online), then evaluation and the HTML report."""
+
+_STAGE_MODELS: dict[str, type[BaseModel]] = {
+    "critique": CritiqueConfig, "sft": SFTConfig, "sample": SampleConfig, "label": LabelConfig, "rlcd": RLCDConfig,
+    "dpo": DPOConfig, "rm": RewardConfig, "online": OnlineConfig, "eval": EvalConfig, "report": ReportConfig}
+INHERITED = ("seed", "threads")
+"""Run-level fields that every stage section takes unless it sets its own; overriding one on the command line
+(``--set seed=3``) sets it in every stage section too."""
 
 
 class RunConfig(BaseModel):
@@ -100,16 +103,40 @@ class RunConfig(BaseModel):
     constitution: str | None = Field(default=None, description="Constitution YAML (None = the bundled default).")
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     stages: list[str] = Field(default_factory=lambda: ["critique", "sft"], description="Stages to run, in order.")
-    critique: dict[str, Any] = Field(default_factory=dict, description="CritiqueConfig fields.")
-    sft: dict[str, Any] = Field(default_factory=dict, description="SFTConfig fields.")
-    sample: dict[str, Any] = Field(default_factory=dict, description="SampleConfig fields (pairs from the SL model).")
-    label: dict[str, Any] = Field(default_factory=dict, description="LabelConfig fields (AI preference labels).")
-    rlcd: dict[str, Any] = Field(default_factory=dict, description="RLCDConfig fields (contrastive pairs).")
-    dpo: dict[str, Any] = Field(default_factory=dict, description="DPOConfig fields.")
-    rm: dict[str, Any] = Field(default_factory=dict, description="RewardConfig fields (reward model).")
-    online: dict[str, Any] = Field(default_factory=dict, description="OnlineConfig fields (GRPO).")
-    eval: dict[str, Any] = Field(default_factory=dict, description="EvalConfig fields (base vs trained models).")
-    report: dict[str, Any] = Field(default_factory=dict, description="(no fields) the HTML report.")
+    critique: CritiqueConfig = Field(default_factory=CritiqueConfig, description="SL-CAI critique/revision.")
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="Supervised fine-tuning on the revisions.")
+    sample: SampleConfig = Field(default_factory=SampleConfig, description="Answer pairs from the SL model.")
+    label: LabelConfig = Field(default_factory=LabelConfig, description="AI preference labels.")
+    rlcd: RLCDConfig = Field(default_factory=RLCDConfig, description="Contrastive pairs (RLCD).")
+    dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO on the preferences.")
+    rm: RewardConfig = Field(default_factory=RewardConfig, description="Reward model on the preferences.")
+    online: OnlineConfig = Field(default_factory=OnlineConfig, description="Online RL (GRPO).")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Base vs trained models.")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="The HTML report.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit(cls, data: Any) -> Any:
+        """Stage sections take the run's seed and threads unless they set their own."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name in STAGES:
+            section = data.get(name)
+            if section is None:
+                section = {}
+            if not isinstance(section, dict):
+                continue  # pydantic reports the type error
+            section = dict(section)
+            fields = _STAGE_MODELS[name].model_fields
+            for key in ("seed", "threads"):
+                if key in fields and key not in section and key in data:
+                    section[key] = data[key]
+            data[name] = section
+        if "judges" not in data["eval"]:  # the run's judge defaults to its feedback model (the report warns)
+            fb = data.get("feedback") or data.get("policy") or "transformers/embedded"
+            data["eval"]["judges"] = [fb if isinstance(fb, str) else fb.get("model", "transformers/embedded")]
+        return data
 
     @model_validator(mode="after")
     def _check_stages(self) -> RunConfig:
@@ -123,16 +150,8 @@ class RunConfig(BaseModel):
         return self.feedback or self.policy
 
     def stage(self, name: str) -> Any:
-        """The validated config of stage ``name`` (seed and threads filled from the run when not set)."""
-        model = _stage_models()[name]
-        data = {**getattr(self, name)}
-        for key in ("seed", "threads"):
-            if key in model.model_fields and key not in data:
-                data[key] = getattr(self, key)
-        try:
-            return model.model_validate(data)
-        except ValidationError as e:
-            raise _config_error(e, f"{name}.") from None
+        """The config of stage ``name``."""
+        return getattr(self, name)
 
     def run_dir(self) -> Path:
         """Where the run's outputs go."""
@@ -148,46 +167,72 @@ def _config_error(e: ValidationError, prefix: str = "", where: str = "config") -
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"critique.rounds=1"`` → (["critique", "rounds"], 1); the value is parsed as a YAML scalar."""
     key, sep, value = text.partition("=")
-    if not sep or not key:
+    if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not KEY=VALUE", "write e.g. --set critique.rounds=1")
     return key.strip().split("."), yaml.safe_load(value) if value.strip() else ""
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Load a run config from YAML (None = all defaults) and apply ``KEY=VALUE`` overrides."""
-    data: dict[str, Any] = {}
-    where = "config"
-    if path is not None:
-        p = Path(path)
-        where = str(p)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found", "check the path, or run `charter run` with no file")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            raise ConfigError(f"{p}{line}: invalid YAML ({getattr(e, 'problem', e)})", "fix the YAML syntax") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: expected a mapping of fields at the top level", "see examples/quickstart.yaml")
-        data = loaded or {}
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Set each ``KEY.SUB=VALUE`` of ``overrides`` in the nested mapping ``data`` (in place; also returned). The one
+    override syntax of every command: dotted paths into the config the command reads."""
     for item in overrides:
         keys, value = parse_override(item)
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})
+            if isinstance(node, str) and k in ("policy", "feedback"):  # `feedback: NAME` given as a string
+                node = data[k] = {"model": node}
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {k} is not a mapping", "override a leaf field")
         node[keys[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``; errors name the file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found", "check the path, or run `charter run` with no file")
     try:
-        cfg = RunConfig.model_validate(data)
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}{line}: invalid YAML ({getattr(e, 'problem', e)})", "fix the YAML syntax") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: expected a mapping of fields at the top level", "see examples/quickstart.yaml")
+    return loaded or {}
+
+
+QUICKSTART = Path(str(resources.files("charter").joinpath("data", "quickstart.yaml")))
+"""The bundled quick-start config: what ``charter run`` runs without a config (``examples/quickstart.yaml``)."""
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load a run config from YAML (None = the bundled quick-start) and apply ``KEY=VALUE`` overrides.
+
+    A run-level ``seed`` or ``threads`` override is also set in every stage section (see :data:`INHERITED`), so that
+    ``--set seed=3`` on a run folder's saved config changes every seed; a stage-level override after it wins.
+    """
+    where = str(path) if path is not None else "the quick-start config"
+    data = read_yaml(path if path is not None else QUICKSTART)
+    inherited = [o for o in overrides if o.partition("=")[0].strip() in INHERITED]
+    for item in inherited:
+        key = item.partition("=")[0].strip()
+        for name in STAGES:
+            if key in _STAGE_MODELS[name].model_fields and isinstance(data.get(name, {}), dict):
+                data.setdefault(name, {}).pop(key, None)
+    if any(o.partition("=")[0].strip() in ("feedback", "feedback.model", "policy", "policy.model") for o in overrides):
+        before = RunConfig.model_validate(data) if data else None
+        if before is not None and data.get("eval", {}).get("judges") == [before.feedback_model().model]:
+            data["eval"].pop("judges")  # it was inherited: inherit from the new feedback model
+    apply_overrides(data, list(overrides))
+    try:
+        return RunConfig.model_validate(data)
     except ValidationError as e:
         raise _config_error(e, where=where) from None
-    for name in cfg.stages:
-        cfg.stage(name)  # validate early: a typo fails before any model is loaded
-    return cfg
 
 
 def dump_config(cfg: RunConfig, path: Path) -> None:
-    """Save the resolved config (what actually ran) as YAML."""
+    """Save the resolved config (what actually ran, every field with its value) as YAML."""
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

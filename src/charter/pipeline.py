@@ -106,7 +106,7 @@ def stage_critique(s: Session) -> dict[str, Any]:
                           prompts=prompt_info)
     policy = s.backend(cfg.policy)
     feedback = s.backend(cfg.feedback_model())
-    chains, sft, summary = run_critique(cfg.stage("critique"), prompts, constitution, policy, feedback, s.quiet)
+    chains, sft, summary = run_critique(cfg.critique, prompts, constitution, policy, feedback, s.quiet)
     write_jsonl(s.run.file("critiques.jsonl"), chains)
     write_jsonl(s.run.file("sft.jsonl"), sft)
     return summary
@@ -116,16 +116,24 @@ def stage_sft(s: Session) -> dict[str, Any]:
     """SFT on sft.jsonl: writes sft/adapter and sft/model."""
     from charter.train.sft import run_sft
 
-    scfg = s.cfg.stage("sft")
+    scfg = s.cfg.sft
     base = scfg.base_model or s.cfg.policy.model
     s.log(f"[sft] fine-tuning {base} on {s.run.file('sft.jsonl')}")
-    return run_sft(scfg, s.run.file("sft.jsonl"), s.run.file("sft"), base)
+    return run_sft(scfg, s.run.file("sft.jsonl"), s.run.file(scfg.output), base)
+
+
+def _trained(s: Session, folder: str) -> Path | None:
+    """``RUN/FOLDER/model`` when a charter trainer finished saving it (a half-written folder does not count)."""
+    from charter.train.common import is_complete
+
+    path = s.run.file(folder) / "model"
+    return path if is_complete(path) else None
 
 
 def sl_model(s: Session) -> str:
     """The SL-CAI model (RUN/sft/model) when the SFT stage made it, else the policy."""
-    folder = s.run.file("sft/model")
-    return f"transformers/{folder.resolve()}" if (folder / "config.json").is_file() else s.cfg.policy.model
+    folder = _trained(s, s.cfg.sft.output)
+    return f"transformers/{folder.resolve()}" if folder else s.cfg.policy.model
 
 
 def _role(s: Session, spec: str) -> CachedBackend:
@@ -137,7 +145,7 @@ def stage_sample(s: Session) -> dict[str, Any]:
     from charter.stages.sample import sample_stage
 
     prompts, _ = load_run_prompts(s.cfg)
-    return sample_stage(s.cfg.stage("sample"), s.run, prompts, _role(s, sl_model(s)), s.quiet)
+    return sample_stage(s.cfg.sample, s.run, prompts, _role(s, sl_model(s)), s.quiet)
 
 
 def stage_label(s: Session) -> dict[str, Any]:
@@ -146,7 +154,8 @@ def stage_label(s: Session) -> dict[str, Any]:
     from charter.stages.label import run_label
 
     constitution = load_constitution(s.cfg.constitution)
-    summary = run_label(s.cfg.stage("label"), s.run, s.run.file("pairs.jsonl"), constitution,
+    constitution.require_comparison()
+    summary = run_label(s.cfg.label, s.run, s.run.file("pairs.jsonl"), constitution,
                         s.backend(s.cfg.feedback_model()), s.quiet)
     for warning in summary.get("warnings", []):
         s.log(f"[label] WARNING: {warning}")
@@ -159,31 +168,42 @@ def stage_rlcd(s: Session) -> dict[str, Any]:
     from charter.stages.rlcd import rlcd_stage
 
     prompts, _ = load_run_prompts(s.cfg)
-    return rlcd_stage(s.cfg.stage("rlcd"), s.run, prompts, load_constitution(s.cfg.constitution),
+    return rlcd_stage(s.cfg.rlcd, s.run, prompts, load_constitution(s.cfg.constitution),
                       _role(s, sl_model(s)), s.quiet)
 
 
-def _preferences(s: Session) -> Path:
-    """preferences.jsonl (judge labels) when the label stage ran, else rlcd_preferences.jsonl."""
-    judged = s.run.file("preferences.jsonl")
-    return judged if judged.exists() or not s.run.file("rlcd_preferences.jsonl").exists() else \
-        s.run.file("rlcd_preferences.jsonl")
+def _preferences(s: Session, chosen: str | None) -> Path:
+    """The preference file a trainer reads: its ``preferences`` setting, else the judge labels (preferences.jsonl)
+    when the label stage ran, else the RLCD pairs (rlcd_preferences.jsonl)."""
+    from charter.errors import ConfigError
+
+    if chosen:
+        return Path(chosen)
+    for name in ("preferences.jsonl", "rlcd_preferences.jsonl"):
+        if s.run.file(name).is_file():
+            return s.run.file(name)
+    raise ConfigError(f"{s.run.file('preferences.jsonl')}: file not found (nor rlcd_preferences.jsonl)",
+                      "run the label (or rlcd) stage first, or set dpo.preferences / rm.preferences to a file")
 
 
 def stage_dpo(s: Session) -> dict[str, Any]:
     """DPO from the SL-CAI model on the preferences: dpo/model."""
     from charter.train.dpo import run_dpo
 
-    cfg = s.cfg.stage("dpo")
-    return run_dpo(cfg, _preferences(s), s.run.file("dpo"), getattr(cfg, "base_model", None) or sl_model(s))
+    cfg = s.cfg.dpo
+    path = _preferences(s, cfg.preferences)
+    s.log(f"[dpo] training on {path}")
+    return run_dpo(cfg, path, s.run.file(cfg.output), cfg.base_model or sl_model(s))
 
 
 def stage_rm(s: Session) -> dict[str, Any]:
     """A reward model on the preferences: rm/model."""
     from charter.train.reward import run_reward
 
-    cfg = s.cfg.stage("rm")
-    return run_reward(cfg, _preferences(s), s.run.file("rm"), getattr(cfg, "base_model", None) or sl_model(s))
+    cfg = s.cfg.rm
+    path = _preferences(s, cfg.preferences)
+    s.log(f"[rm] training on {path}")
+    return run_reward(cfg, path, s.run.file(cfg.output), cfg.base_model or sl_model(s))
 
 
 def stage_online(s: Session) -> dict[str, Any]:
@@ -191,22 +211,22 @@ def stage_online(s: Session) -> dict[str, Any]:
     from charter.backends import load_backend
     from charter.train.online import train_online
 
-    cfg = s.cfg.stage("online")
+    cfg = s.cfg.online
     prompts, _ = load_run_prompts(s.cfg)
     feedback = None
     if cfg.reward == "feedback":
         fb = s.cfg.feedback_model()
         feedback = load_backend(fb.model, fb.options())
-    rm = Path(cfg.reward_model) if cfg.reward_model else s.run.file("rm/model")
-    return train_online(cfg, prompts, s.run.file("online"), cfg.base_model or sl_model(s), rm, feedback)
+    rm = Path(cfg.reward_model) if cfg.reward_model else _trained(s, s.cfg.rm.output)
+    return train_online(cfg, prompts, s.run.file(cfg.output), cfg.base_model or sl_model(s), rm, feedback)
 
 
 def trained_models(s: Session) -> dict[str, str]:
-    """base, then whichever of the SL-CAI / RL-CAI models this run made."""
+    """base, then whichever of the SL-CAI / RL-CAI models this run made (complete ones only)."""
     models = {"base": s.cfg.policy.model}
-    for name, folder in (("sl", "sft/model"), ("rl-dpo", "dpo/model"), ("rl-online", "online/model")):
-        if (s.run.file(folder) / "config.json").is_file():
-            models[name] = f"transformers/{s.run.file(folder).resolve()}"
+    for name, folder in (("sl", s.cfg.sft.output), ("rl-dpo", s.cfg.dpo.output), ("rl-online", s.cfg.online.output)):
+        if (path := _trained(s, folder)) is not None:
+            models[name] = f"transformers/{path.resolve()}"
     return models
 
 
@@ -214,11 +234,9 @@ def stage_eval(s: Session) -> dict[str, Any]:
     """Base vs the trained models: harm, refusals, Elo; eval/summary.json."""
     from charter.evaluation.run_eval import run_eval
 
-    cfg = s.cfg.stage("eval")
-    if "judges" not in s.cfg.eval:
-        cfg = cfg.model_copy(update={"judges": [s.cfg.feedback_model().model]})
-    summary = run_eval(cfg, s.run, trained_models(s), s.quiet)
-    return {"models": list(trained_models(s)), "summary": str(s.run.file("eval/summary.json")),
+    models = trained_models(s)
+    summary = run_eval(s.cfg.eval, s.run, models, s.quiet)
+    return {"models": list(models), "judges": s.cfg.eval.judges, "summary": str(s.run.file("eval/summary.json")),
             "failures": len(summary.get("failures", []))}
 
 
@@ -228,6 +246,9 @@ def stage_report(s: Session) -> dict[str, Any]:
 
     return {"report": str(build_report(s.run.path))}
 
+
+TRAINERS = ("sft", "dpo", "rm", "online")
+"""Stages that train a model (and skip training when their inputs are unchanged)."""
 
 STAGE_FUNCS: dict[str, Callable[[Session], dict[str, Any]]] = {
     "critique": stage_critique, "sft": stage_sft, "sample": stage_sample, "label": stage_label, "rlcd": stage_rlcd,
@@ -265,6 +286,10 @@ def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, quiet: bool = 
         summary["seconds"] = round(time.monotonic() - start, 1)
         summary["model_calls"] = {"made": run.cache.misses - misses, "from_cache": run.cache.hits - hits}
         run.update_manifest(stages={name: {"started": started, "finished": now_iso(), **summary}})
+        if name in TRAINERS:
+            summary["trained"] = "skipped" not in summary
+            session.log(f"[{name}] " + ("retrained: its inputs changed or it had no complete model" if
+                                        summary["trained"] else "up to date: trained from the same inputs, kept"))
         session.log(f"[{name}] done in {summary['seconds']}s: " + ", ".join(
             f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list) and k != "seconds"))
     run.update_manifest(finished=now_iso(), cache_calls=run.cache.count())

@@ -23,15 +23,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 import re
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from charter.errors import ConfigError
-from charter.records import Prompt, short_hash
+from charter.records import AnswerPair, PreferencePair, Prompt, short_hash
 
 FORMATS = {"auto": "auto", "jsonl": "jsonl", "json": "jsonl", "hh": "hh", "csv": "csv", "tsv": "tsv",
            "text": "text", "txt": "text"}
@@ -347,3 +349,83 @@ def _read_text(text: str) -> Iterator[tuple[int, _Raw | str]]:
         s = line.strip()
         if s and not s.startswith("#"):
             yield lineno, _Raw(s)
+
+
+# --- human-labelled HH-RLHF pairs (the judges' and label-eval's ground truth) ------------------------------------
+
+def parse_hh(text: str) -> list[dict[str, str]]:
+    """An HH-RLHF dialogue (``\\n\\nHuman: … \\n\\nAssistant: …``) as chat messages."""
+    marks = list(_HH_TURN.finditer(text))
+    turns = []
+    for m, nxt in zip(marks, [*marks[1:], None], strict=True):
+        body = text[m.end(): nxt.start() if nxt else len(text)].strip()
+        turns.append({"role": "user" if m.group(1) == "Human" else "assistant", "content": body})
+    return turns
+
+
+def load_hh_pairs(path: Path, n: int | None = None, seed: int = 0) -> tuple[list[AnswerPair], Counter[str]]:
+    """Human-labelled pairs from an HH-RLHF JSONL file; returns the pairs and counts of rows skipped, by reason.
+
+    Raises:
+        ConfigError: the file is missing, a line is not JSON, or a row lacks ``chosen``/``rejected`` text.
+    """
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found", "give an HH-RLHF JSONL file with chosen/rejected dialogues")
+    pairs: list[AnswerPair] = []
+    skipped: Counter[str] = Counter()
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}:{lineno}: not JSON ({e.msg})", "fix or remove that line") from None
+            if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("chosen", "rejected")):
+                raise ConfigError(f"{path}:{lineno}: missing 'chosen' or 'rejected' dialogue text",
+                                  "each line needs chosen and rejected HH dialogues (Human: … Assistant: …)")
+            chosen, rejected = parse_hh(row["chosen"]), parse_hh(row["rejected"])
+            why = _unusable(chosen, rejected)
+            if why:
+                skipped[why] += 1
+                continue
+            rid = str(row.get("id") or f"{path.name}:{lineno}")
+            context = chosen[:-2]
+            prompt = Prompt(id=rid, text=chosen[-2]["content"], context=context, source=f"{path}:{lineno}")
+            good, bad = chosen[-1]["content"], rejected[-1]["content"]
+            chosen_is_a = random.Random(f"{seed}:{rid}").random() < 0.5
+            a, b = (good, bad) if chosen_is_a else (bad, good)
+            ids = (f"{rid}:chosen", f"{rid}:rejected") if chosen_is_a else (f"{rid}:rejected", f"{rid}:chosen")
+            pairs.append(AnswerPair(id=f"hh-{short_hash(rid, a, b)}", parent_id=rid, prompt=prompt, a=a, b=b,
+                                    a_id=ids[0], b_id=ids[1], model="human-data", human="a" if chosen_is_a else "b"))
+            if n is not None and len(pairs) >= n:
+                break
+    return pairs, skipped
+
+
+def _unusable(chosen: list[dict[str, str]], rejected: list[dict[str, str]]) -> str | None:
+    if len(chosen) < 2 or not rejected or chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+        return "no_final_assistant_turn"
+    if chosen[-2]["role"] != "user" or chosen[:-1] != rejected[:-1]:
+        return "contexts_differ"
+    if not chosen[-1]["content"] or not rejected[-1]["content"]:
+        return "empty_answer"
+    if chosen[-1]["content"] == rejected[-1]["content"]:
+        return "identical_answers"
+    return None
+
+
+def human_preferences(pairs: Sequence[AnswerPair]) -> list[PreferencePair]:
+    """Preference records from the human labels (soft label 1.0): the human-label baseline for DPO / RM."""
+    out = []
+    for p in pairs:
+        if p.human is None:
+            continue
+        a_wins = p.human == "a"
+        out.append(PreferencePair(
+            id=f"p-{short_hash(p.id, 'human')}", parent_id=p.id, prompt=p.prompt.messages(),
+            chosen=[{"role": "assistant", "content": p.a if a_wins else p.b}],
+            rejected=[{"role": "assistant", "content": p.b if a_wins else p.a}], soft_label=1.0,
+            chosen_id=p.a_id if a_wins else p.b_id, rejected_id=p.b_id if a_wins else p.a_id, source="human",
+            model=p.model))
+    return out

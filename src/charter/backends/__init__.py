@@ -13,55 +13,20 @@ Examples::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
-from charter.backends.base import Backend, Generation, GenRequest, OptionScores, ScoreRequest
+from charter.backends.base import (
+    PROVIDERS,
+    Backend,
+    BackendOptions,
+    Generation,
+    GenRequest,
+    OptionScores,
+    ScoreRequest,
+    split_spec,
+)
 from charter.errors import BackendError
 
-PROVIDERS = ("transformers", "openai", "mock", "vllm")
-
-
-@dataclass
-class BackendOptions:
-    """How to run a backend; none of these change what a correct backend returns except ``dtype``.
-
-    Attributes:
-        dtype: ``"auto"`` (bf16 on CPU for generation, fp32 for scoring), ``"float32"`` or ``"bfloat16"``.
-        threads: torch threads for local backends (0 = leave torch's default).
-        batch_size: Largest batch of requests sent to the model at once.
-        api_key_env: Environment variable holding the API key of an ``openai`` server (never logged).
-        timeout: Seconds before one HTTP request is abandoned and retried.
-        max_retries: Retries with exponential backoff for HTTP errors, timeouts and dropped connections.
-        concurrency: Requests in flight at once to an HTTP server.
-        extra: Provider-specific settings, passed through unchanged.
-    """
-
-    dtype: str = "auto"
-    threads: int = 0
-    batch_size: int = 32
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout: float = 120.0
-    max_retries: int = 5
-    concurrency: int = 8
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def split_spec(spec: str) -> tuple[str, str]:
-    """Split ``"provider/model"`` into its two parts, with a one-line error when it is malformed."""
-    provider, sep, rest = spec.partition("/")
-    if not sep or not rest:
-        raise BackendError(
-            f"model {spec!r} is not of the form 'provider/model'",
-            "write e.g. 'transformers/embedded', 'transformers//path/to/folder' or 'openai/NAME@http://HOST:PORT/v1'",
-        )
-    if provider not in PROVIDERS:
-        raise BackendError(
-            f"unknown backend {provider!r} in model {spec!r}",
-            f"use one of: {', '.join(PROVIDERS)}",
-        )
-    return provider, rest
-
+__all__ = ["PROVIDERS", "BackendOptions", "LazyBackend", "load_backend", "split_spec"]
 
 class LazyBackend:
     """A local backend whose weights load on its first real call: a fully cached re-run never loads the model.

@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from charter.errors import BackendError
 
 Message = dict[str, str]
 """One chat turn: ``{"role": "system" | "user" | "assistant", "content": str}``."""
@@ -136,3 +138,47 @@ class Backend(Protocol):
     def score_options(self, requests: Sequence[ScoreRequest]) -> list[OptionScores]:
         """Read option log-probabilities; raise :class:`charter.errors.BackendError` when the backend cannot."""
         ...
+
+
+PROVIDERS = ("transformers", "openai", "mock", "vllm")
+
+
+@dataclass
+class BackendOptions:
+    """How to run a backend; none of these change what a correct backend returns except ``dtype``.
+
+    Attributes:
+        dtype: ``"auto"`` (bf16 on CPU for generation, fp32 for scoring), ``"float32"`` or ``"bfloat16"``.
+        threads: torch threads for local backends (0 = leave torch's default).
+        batch_size: Largest batch of requests sent to the model at once.
+        api_key_env: Environment variable holding the API key of an ``openai`` server (never logged).
+        timeout: Seconds before one HTTP request is abandoned and retried.
+        max_retries: Retries with exponential backoff for HTTP errors, timeouts and dropped connections.
+        concurrency: Requests in flight at once to an HTTP server.
+        extra: Provider-specific settings, passed through unchanged.
+    """
+
+    dtype: str = "auto"
+    threads: int = 0
+    batch_size: int = 32
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = 120.0
+    max_retries: int = 5
+    concurrency: int = 8
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """Split ``"provider/model"`` into its two parts, with a one-line error when it is malformed."""
+    provider, sep, rest = spec.partition("/")
+    if not sep or not rest:
+        raise BackendError(
+            f"model {spec!r} is not of the form 'provider/model'",
+            "write e.g. 'transformers/embedded', 'transformers//path/to/folder' or 'openai/NAME@http://HOST:PORT/v1'",
+        )
+    if provider not in PROVIDERS:
+        raise BackendError(
+            f"unknown backend {provider!r} in model {spec!r}",
+            f"use one of: {', '.join(PROVIDERS)}",
+        )
+    return provider, rest

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from charter.backends import decode_kernel
+import charter.backends.decode_kernel as decode_kernel
 from charter.backends.base import GenParams
 
 _FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)

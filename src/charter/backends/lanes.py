@@ -20,8 +20,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from charter.backends import BackendOptions
-from charter.backends.base import Generation, GenRequest, OptionScores, ScoreRequest
+from charter.backends.base import BackendOptions, Generation, GenRequest, OptionScores, ScoreRequest
 from charter.errors import BackendError
 
 

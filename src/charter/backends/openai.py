@@ -57,7 +57,7 @@ from charter.errors import BackendError
 if TYPE_CHECKING:
     import httpx
 
-    from charter.backends import BackendOptions
+    from charter.backends.base import BackendOptions
     from charter.backends.chat_template import ChatTemplate
 
 log = logging.getLogger(__name__)

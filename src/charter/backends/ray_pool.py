@@ -40,8 +40,7 @@ from types import ModuleType
 from typing import Any
 
 from charter import errors
-from charter.backends import BackendOptions, split_spec
-from charter.backends.base import Generation, GenRequest, OptionScores, ScoreRequest
+from charter.backends.base import BackendOptions, Generation, GenRequest, OptionScores, ScoreRequest, split_spec
 from charter.backends.ray_local import LOOPBACK_ENV, is_loopback_ip
 from charter.errors import BackendError, CharterError
 

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from charter.backends import BackendOptions
 from charter.backends.base import (
+    BackendOptions,
     FinishReason,
     Generation,
     GenParams,
@@ -80,13 +80,11 @@ def resolve_folder(rest: str) -> Path:
 
 
 def folder_fingerprint(folder: Path) -> str:
-    """A short hash of config.json and the weight files' names, sizes and mtimes (retrained: a new id)."""
-    h = hashlib.sha256((folder / "config.json").read_bytes())
-    for f in sorted(folder.iterdir()):
-        if f.suffix in (".safetensors", ".bin", ".pt") and f.is_file():
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:10]
+    """A short content hash of the model folder: weights, config, tokenizer and chat template (see
+    :func:`charter.fingerprint.folder_digest`; digests are cached, so this is cheap after the first time)."""
+    from charter.fingerprint import folder_digest
+
+    return folder_digest(folder)[:16]
 
 
 def _load_model(folder: Path, dtype: str) -> Any:
@@ -107,10 +105,12 @@ def _load_model(folder: Path, dtype: str) -> Any:
 
 
 def model_identity(rest: str, options: BackendOptions) -> str:
-    """The cache identity of a model folder in the generation dtype, computed without loading the weights."""
+    """The cache identity of a model folder in the generation dtype, computed without loading the weights: its
+    content (weights, tokenizer, chat template), not its path, so a retrained model in the same folder is a new
+    model and a copied run folder keeps its cache."""
     folder = resolve_folder(rest)
     gen_dtype = auto_dtype() if options.dtype == "auto" else options.dtype
-    return f"{folder.resolve()}:{gen_dtype}:{folder_fingerprint(folder)}"
+    return f"hf:{folder_fingerprint(folder)}:{gen_dtype}"
 
 
 class TransformersBackend:

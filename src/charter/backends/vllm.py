@@ -21,8 +21,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from charter.backends import BackendOptions
-from charter.backends.base import FinishReason, Generation, GenParams, GenRequest, OptionScores, ScoreRequest
+from charter.backends.base import (
+    BackendOptions,
+    FinishReason,
+    Generation,
+    GenParams,
+    GenRequest,
+    OptionScores,
+    ScoreRequest,
+)
 from charter.errors import BackendError
 
 NOT_AVAILABLE_FIX = ("pip install vllm on a machine with a CUDA GPU, or run `vllm serve MODEL` there and use "

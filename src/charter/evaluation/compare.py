@@ -141,14 +141,14 @@ def mean_over_judges(per_judge: Sequence[Sequence[LabeledPair]]) -> dict[str, fl
 
 def human_pairs(path: str | Path, limit: int) -> list[AnswerPair]:
     """Up to ``limit`` human-labelled pairs from an HH-RLHF JSONL file (``chosen``/``rejected`` dialogues), read
-    by the RL stage's :func:`charter.stages.label_eval.load_hh_pairs` (which side is (A) is a seeded coin).
+    by the RL stage's :func:`charter.prompts.load_hh_pairs` (which side is (A) is a seeded coin).
 
     Returns an empty list when the file holds no such pairs (e.g. a plain prompt file or a CSV).
     """
     p = Path(path)
     if limit <= 0 or p.suffix.lower() not in (".jsonl", ".json", ".ndjson") or not _has_pairs(p):
         return []
-    from charter.stages.label_eval import load_hh_pairs
+    from charter.prompts import load_hh_pairs
 
     return load_hh_pairs(p, n=limit)[0]
 

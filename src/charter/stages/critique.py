@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from charter.backends.base import GenParams, GenRequest, Message
 from charter.constitution import Constitution, Principle
 from charter.progress import ProgressPrinter
-from charter.records import CritiqueChain, Prompt, SFTExample, Step, short_hash
+from charter.records import CritiqueChain, Prompt, SFTExample, Step, StepKind, short_hash
 from charter.store import CachedBackend
 from charter.templates import render, template_hash
 
@@ -137,8 +137,13 @@ def _seed(cfg: CritiqueConfig, *parts: object) -> int:
     return int(short_hash(cfg.seed, *parts, n=8), 16)
 
 
-def _step_id(parent: str, kind: str, rnd: int) -> str:
-    return f"{kind[0]}-{short_hash(parent, kind, rnd)}"
+def _step(parent: str, kind: StepKind, rnd: int, model: CachedBackend, principle: str | None, thash: str,
+          text: str, finish_reason: str = "stop", status: str = "ok", basis: object = None) -> Step:
+    """A step whose id is derived from its content: what it says, which model wrote it from which template and
+    principle, and (through ``parent``, or ``basis`` for the answer: the prompt's messages) what came before."""
+    sid = f"{kind[0]}-{short_hash(parent, basis, kind, rnd, model.model_id, principle, thash, text, status)}"
+    return Step(id=sid, parent_id=parent, kind=kind, round=rnd, model=model.spec, principle_id=principle,
+                template_hash=thash, text=text, finish_reason=finish_reason, status=status)
 
 
 class _Chain:
@@ -178,9 +183,8 @@ def run_critique(cfg: CritiqueConfig, prompts: Sequence[Prompt], constitution: C
     outs = policy.generate(reqs, progress=ProgressPrinter("critique", "answers", quiet=quiet))
     for c, g in zip(chains, outs, strict=True):
         status = "error" if g.finish_reason == "error" else ("empty" if not g.text.strip() else "ok")
-        step = Step(id=_step_id(c.prompt.id, "answer", 0), parent_id=c.prompt.id, kind="answer", round=0,
-                    model=policy.spec, template_hash=thash, text=g.text.strip(), finish_reason=g.finish_reason,
-                    status=status)
+        step = _step(c.prompt.id, "answer", 0, policy, None, thash, g.text.strip(), g.finish_reason, status,
+                     basis=c.prompt.messages())
         c.steps.append(step)
         c.current = step if status == "ok" else None
 
@@ -201,14 +205,11 @@ def run_critique(cfg: CritiqueConfig, prompts: Sequence[Prompt], constitution: C
             assert c.current is not None
             p = c.principles[rnd - 1]
             status = "error" if g.finish_reason == "error" else ("empty" if not g.text.strip() else "ok")
-            cstep = Step(id=_step_id(c.current.id, "critique", rnd), parent_id=c.current.id, kind="critique",
-                         round=rnd, model=feedback.spec, principle_id=p.id, template_hash=thash,
-                         text=g.text.strip(), finish_reason=g.finish_reason, status=status)
+            cstep = _step(c.current.id, "critique", rnd, feedback, p.id, thash, g.text.strip(), g.finish_reason,
+                          status)
             c.steps.append(cstep)
             if status != "ok":
-                c.steps.append(Step(id=_step_id(cstep.id, "revision", rnd), parent_id=cstep.id, kind="revision",
-                                    round=rnd, model=feedback.spec, principle_id=p.id, template_hash=thash, text="",
-                                    status="no_critique"))
+                c.steps.append(_step(cstep.id, "revision", rnd, feedback, p.id, thash, "", status="no_critique"))
                 continue
             msgs = [*m, {"role": "assistant", "content": cstep.text}, revision_turn(p)]
             rev_reqs.append(GenRequest.of(msgs, params(cfg.revision_tokens, c.prompt.id, "revision", rnd)))
@@ -221,9 +222,7 @@ def run_critique(cfg: CritiqueConfig, prompts: Sequence[Prompt], constitution: C
             text = clean_revision(g.text)
             why = revision_failure(text, g.finish_reason, c.current.text, cstep.text, p.revision_request,
                                    cfg.echo_threshold, example_revisions)
-            rstep = Step(id=_step_id(cstep.id, "revision", rnd), parent_id=cstep.id, kind="revision", round=rnd,
-                         model=feedback.spec, principle_id=p.id, template_hash=thash, text=text,
-                         finish_reason=g.finish_reason, status=why or "ok")
+            rstep = _step(cstep.id, "revision", rnd, feedback, p.id, thash, text, g.finish_reason, why or "ok")
             c.steps.append(rstep)
             if why is None:
                 c.current = c.last_good = rstep
@@ -252,14 +251,15 @@ def _finish(cfg: CritiqueConfig,
             final = c.last_good
             reason = "ok" if final else ("answer_" + answer.status if answer.status != "ok" else "no_accepted_revision")
         chain_reasons[reason] += 1
-        rec = CritiqueChain(id=f"c-{short_hash(c.prompt.id, cfg.seed)}", parent_id=c.prompt.id, prompt=c.prompt,
+        rec = CritiqueChain(id=f"c-{short_hash(c.prompt.id, [s.id for s in c.steps])}", parent_id=c.prompt.id,
+                            prompt=c.prompt,
                             steps=c.steps, final_id=final.id if final else None, accepted=final is not None,
                             reason=reason)
         records.append(rec)
         if final is None or (c.prompt.helpful and not cfg.helpful_mix):
             continue
-        sft.append(SFTExample(id=f"s-{short_hash(rec.id, final.id)}", parent_id=final.id,
-                              messages=[*c.prompt.messages(), {"role": "assistant", "content": final.text}],
+        messages = [*c.prompt.messages(), {"role": "assistant", "content": final.text}]
+        sft.append(SFTExample(id=f"s-{short_hash(messages, final.id)}", parent_id=final.id, messages=messages,
                               source="helpful" if c.prompt.helpful else "revision", model=final.model,
                               principle_ids=[s.principle_id for s in c.steps
                                              if s.kind == "revision" and s.principle_id]))

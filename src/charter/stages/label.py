@@ -214,7 +214,8 @@ def label_pairs(cfg: LabelConfig, pairs: Sequence[AnswerPair], constitution: Con
     for r, s in zip(live, scores, strict=True):
         r.status, r.p_first, r.mass = read_scores(s, cfg.min_option_mass)
 
-    labeled = [_assemble(cfg, pair, votes[i], skipped.get(i), feedback.spec, thash) for i, pair in enumerate(pairs)]
+    labeled = [_assemble(cfg, pair, votes[i], skipped.get(i), feedback.spec, thash, feedback.model_id)
+               for i, pair in enumerate(pairs)]
     slope = 0.0
     if cfg.length_debias:
         slope = length_slope(labeled)
@@ -248,7 +249,7 @@ def _reason(cfg: LabelConfig, reads: list[_Read], feedback: CachedBackend, quiet
 
 
 def _assemble(cfg: LabelConfig, pair: AnswerPair, votes: list[_Vote], skip: str | None, spec: str,
-              thash: str) -> LabeledPair:
+              thash: str, model_id: str = "") -> LabeledPair:
     out: list[Vote] = []
     firsts: list[float] = []
     lo, hi = cfg.cot_clamp
@@ -268,7 +269,8 @@ def _assemble(cfg: LabelConfig, pair: AnswerPair, votes: list[_Vote], skip: str 
                         reasoning=[r.reasoning for r in v.reads] if cfg.cot else [], status=bad or "ok"))
     usable = [v.p_a for v in out if v.p_a is not None]
     status = skip or ("ok" if usable else "no_usable_vote")
-    return LabeledPair(id=f"l-{short_hash(pair.id, thash, cfg.model_dump(mode='json'))}", parent_id=pair.id,
+    lid = f"l-{short_hash(pair.id, pair.a, pair.b, thash, model_id, cfg.model_dump(mode='json'))}"
+    return LabeledPair(id=lid, parent_id=pair.id,
                        pair=pair, p_a=sum(usable) / len(usable) if usable else None, votes=out,
                        position_bias=sum(firsts) / len(firsts) - 0.5 if firsts else None, feedback_model=spec,
                        template_hash=thash, status=status)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,12 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from charter.constitution import Constitution
 from charter.errors import ConfigError
-from charter.records import AnswerPair, LabeledPair, PreferencePair, Prompt, short_hash, write_jsonl
+from charter.evaluation.stats import wilson
+from charter.prompts import human_preferences, load_hh_pairs
+from charter.records import AnswerPair, LabeledPair, write_jsonl
 from charter.stages.label import LabelConfig, label_pairs, to_preferences, trust_warnings
 from charter.store import CachedBackend, RunDir
-from charter.train.reward import wilson
-
-_HH_TURN = re.compile(r"(?:\A\s*|\n\n)(Human|Assistant):[ \t]?")
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "one_principle": {"principles": 1},
@@ -60,91 +57,13 @@ class LabelEvalConfig(BaseModel):
     seed: int = Field(default=0, description="Seed of the A/B assignment and the train/test split.")
 
 
-def parse_hh(text: str) -> list[dict[str, str]]:
-    """An HH-RLHF dialogue (``\\n\\nHuman: … \\n\\nAssistant: …``) as chat messages."""
-    marks = list(_HH_TURN.finditer(text))
-    turns = []
-    for m, nxt in zip(marks, [*marks[1:], None], strict=True):
-        body = text[m.end(): nxt.start() if nxt else len(text)].strip()
-        turns.append({"role": "user" if m.group(1) == "Human" else "assistant", "content": body})
-    return turns
-
-
-def load_hh_pairs(path: Path, n: int | None = None, seed: int = 0) -> tuple[list[AnswerPair], Counter[str]]:
-    """Human-labelled pairs from an HH-RLHF JSONL file; returns the pairs and counts of rows skipped, by reason.
-
-    Raises:
-        ConfigError: the file is missing, a line is not JSON, or a row lacks ``chosen``/``rejected`` text.
-    """
-    if not path.is_file():
-        raise ConfigError(f"{path}: file not found", "give an HH-RLHF JSONL file with chosen/rejected dialogues")
-    pairs: list[AnswerPair] = []
-    skipped: Counter[str] = Counter()
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{lineno}: not JSON ({e.msg})", "fix or remove that line") from None
-            if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("chosen", "rejected")):
-                raise ConfigError(f"{path}:{lineno}: missing 'chosen' or 'rejected' dialogue text",
-                                  "each line needs chosen and rejected HH dialogues (Human: … Assistant: …)")
-            chosen, rejected = parse_hh(row["chosen"]), parse_hh(row["rejected"])
-            why = _unusable(chosen, rejected)
-            if why:
-                skipped[why] += 1
-                continue
-            rid = str(row.get("id") or f"{path.name}:{lineno}")
-            context = chosen[:-2]
-            prompt = Prompt(id=rid, text=chosen[-2]["content"], context=context, source=f"{path}:{lineno}")
-            good, bad = chosen[-1]["content"], rejected[-1]["content"]
-            chosen_is_a = random.Random(f"{seed}:{rid}").random() < 0.5
-            a, b = (good, bad) if chosen_is_a else (bad, good)
-            ids = (f"{rid}:chosen", f"{rid}:rejected") if chosen_is_a else (f"{rid}:rejected", f"{rid}:chosen")
-            pairs.append(AnswerPair(id=f"hh-{short_hash(rid, a, b)}", parent_id=rid, prompt=prompt, a=a, b=b,
-                                    a_id=ids[0], b_id=ids[1], model="human-data", human="a" if chosen_is_a else "b"))
-            if n is not None and len(pairs) >= n:
-                break
-    return pairs, skipped
-
-
-def _unusable(chosen: list[dict[str, str]], rejected: list[dict[str, str]]) -> str | None:
-    if len(chosen) < 2 or not rejected or chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
-        return "no_final_assistant_turn"
-    if chosen[-2]["role"] != "user" or chosen[:-1] != rejected[:-1]:
-        return "contexts_differ"
-    if not chosen[-1]["content"] or not rejected[-1]["content"]:
-        return "empty_answer"
-    if chosen[-1]["content"] == rejected[-1]["content"]:
-        return "identical_answers"
-    return None
-
-
-def human_preferences(pairs: Sequence[AnswerPair]) -> list[PreferencePair]:
-    """Preference records from the human labels (soft label 1.0): the human-label baseline for DPO / RM."""
-    out = []
-    for p in pairs:
-        if p.human is None:
-            continue
-        a_wins = p.human == "a"
-        out.append(PreferencePair(
-            id=f"p-{short_hash(p.id, 'human')}", parent_id=p.id, prompt=p.prompt.messages(),
-            chosen=[{"role": "assistant", "content": p.a if a_wins else p.b}],
-            rejected=[{"role": "assistant", "content": p.b if a_wins else p.a}], soft_label=1.0,
-            chosen_id=p.a_id if a_wins else p.b_id, rejected_id=p.b_id if a_wins else p.a_id, source="human",
-            model=p.model))
-    return out
-
-
 def agreement(labeled: Sequence[LabeledPair]) -> dict[str, Any]:
     """Agreement of the AI labels with the human ones over the labelled pairs (a 0.5 label counts half), with a
     Wilson 95% CI, plus how many pairs had a human label but no AI label."""
     scored = [(x.p_a, x.pair.human) for x in labeled if x.p_a is not None and x.pair.human is not None]
     hits = sum(0.5 if p == 0.5 else float((p > 0.5) == (human == "a")) for p, human in scored)
     n = len(scored)
-    return {"agreement": round(hits / n, 4) if n else None, "ci": list(wilson(hits, n)), "n": n,
+    return {"agreement": round(hits / n, 4) if n else None, "ci": [round(x, 4) for x in wilson(hits, n)], "n": n,
             "unlabelled": sum(x.p_a is None for x in labeled)}
 
 

@@ -63,7 +63,8 @@ def run_rlcd(cfg: RLCDConfig, prompts: Sequence[Prompt], constitution: Constitut
     for (p, side), g in zip(jobs, gens, strict=True):
         text = g.text.strip()
         status = "error" if g.finish_reason == "error" else ("empty" if not text else "ok")
-        samples.append(Sample(id=f"r-{short_hash(p.id, side, policy.spec, cfg.model_dump(mode='json'))}",
+        sid = f"r-{short_hash(p.id, p.messages(), side, policy.model_id, thash, cfg.model_dump(mode='json'), text)}"
+        samples.append(Sample(id=sid,
                               parent_id=p.id, prompt=p, index=int(side == "negative"),
                               seed=sample_seed(cfg.seed, p.id, 0),
                               temperature=cfg.temperature,
@@ -79,7 +80,7 @@ def run_rlcd(cfg: RLCDConfig, prompts: Sequence[Prompt], constitution: Constitut
             dropped["identical_answers"] += 1
             continue
         prefs.append(PreferencePair(
-            id=f"p-{short_hash(pos.id, neg.id)}", parent_id=pos.prompt.id, prompt=pos.prompt.messages(),
+            id=f"p-{short_hash(pos.id, neg.id, cfg.soft_label)}", parent_id=pos.prompt.id, prompt=pos.prompt.messages(),
             chosen=[{"role": "assistant", "content": pos.text}], rejected=[{"role": "assistant", "content": neg.text}],
             soft_label=cfg.soft_label, chosen_id=pos.id, rejected_id=neg.id, source="rlcd", model=policy.spec,
             template_hash=thash))

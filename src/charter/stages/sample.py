@@ -90,7 +90,8 @@ def run_sample(cfg: SampleConfig, prompts: Sequence[Prompt], policy: CachedBacke
     for (p, k, seed), g in zip(jobs, gens, strict=True):
         text = g.text.strip()
         status = "error" if g.finish_reason == "error" else ("empty" if not text else "ok")
-        samples.append(Sample(id=f"a-{short_hash(p.id, k, seed, policy.spec, cfg.temperature, cfg.max_new_tokens)}",
+        sid = f"a-{short_hash(p.id, p.messages(), k, seed, policy.model_id, thash, cfg.temperature, cfg.top_p, text)}"
+        samples.append(Sample(id=sid,
                               parent_id=p.id, prompt=p, index=k, seed=seed, temperature=cfg.temperature,
                               model=policy.spec, template_hash=thash, text=text, finish_reason=g.finish_reason,
                               status=status))

@@ -11,32 +11,39 @@ LoRA by default; saves ``OUT/adapter`` and a merged ``OUT/model`` that ``transfo
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from charter.backends.base import Backend, ScoreRequest
 from charter.errors import CharterError, ConfigError
-from charter.records import Prompt, short_hash
-from charter.templates import render
-from charter.train.dpo import DONE_FILE, already_done, lora_config, save_model
-from charter.train.sft import cost_figures, local_model_dir, training_tokenizer
+from charter.fingerprint import folder_digest, model_digest
+from charter.records import Prompt
+from charter.templates import render, template_hash
+from charter.train.common import (
+    TrainConfig,
+    already_done,
+    cost_figures,
+    fingerprint,
+    local_model_dir,
+    lora_config,
+    save_trained,
+    training_tokenizer,
+    trl_args,
+)
 
 SINGLE_TEMPLATE = "label_single.jinja"
 
 
-class OnlineConfig(BaseModel):
-    """Settings of the online RL stage (GRPO); ``training_args`` passes anything else to TRL's GRPOConfig."""
+class OnlineConfig(TrainConfig):
+    """Settings of the online RL stage (GRPO; the shared training fields are documented on :class:`TrainConfig`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    output: str = Field(default="online", description="Folder in the run where the model goes (RUN/OUTPUT/model).")
 
-    base_model: str | None = Field(default=None, description="'transformers/...' spec to train; None = the SL-CAI "
-                                                             "model (RUN/sft/model), else the policy.")
     reward: Literal["rm", "feedback"] = Field(default="rm", description="'rm': the trained reward model; "
                                                                         "'feedback': P(yes) from the feedback model.")
     reward_model: str | None = Field(default=None, description="Reward model folder (None = RUN/rm/model).")
@@ -47,20 +54,8 @@ class OnlineConfig(BaseModel):
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of the answers.")
     beta: float = Field(default=0.04, ge=0, description="KL penalty towards the starting model (0 = none).")
     max_prompts: int | None = Field(default=None, ge=1, description="Use at most this many prompts.")
-    lora: bool = Field(default=True, description="Train a LoRA adapter (False = full fine-tune).")
-    lora_r: int = Field(default=16, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator.")
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on LoRA inputs.")
-    lora_target_modules: str | list[str] = Field(default="all-linear", description="Modules that get adapters.")
     max_steps: int = Field(default=10, description="Optimizer steps (-1 = one pass over the prompts).")
     learning_rate: float = Field(default=2e-5, gt=0, description="Peak learning rate.")
-    seed: int = Field(default=0, description="Training and sampling seed.")
-    threads: int = Field(default=0, description="torch threads (0 = torch's default).")
-    bf16: bool = Field(default=False, description="bf16 mixed precision (TRL turns it on by default; off here: "
-                                                  "fp32 is exact and learned better on CPU).")
-    gradient_checkpointing: bool = Field(default=False, description="Recompute activations in the backward pass "
-                                                                    "(saves memory, costs ~30% more compute).")
-    training_args: dict[str, Any] = Field(default_factory=dict, description="Extra TRL GRPOConfig arguments.")
 
 
 class FeedbackReward:
@@ -103,10 +98,13 @@ def train_online(cfg: OnlineConfig, prompts: Sequence[Prompt], out_dir: Path, ba
                           "pass --feedback MODEL (e.g. transformers/embedded)")
     prompts = list(prompts)[: cfg.max_prompts]
     base = local_model_dir(base_spec)
-    reward_id = str(reward_model) if cfg.reward == "rm" else getattr(feedback, "model_id", "")
-    fingerprint = short_hash(cfg.model_dump(mode="json"), [p.id for p in prompts], str(base), reward_id,
-                             (base / "config.json").stat().st_mtime)
-    if (done := already_done(out_dir, fingerprint)) is not None:
+    if cfg.reward == "rm":
+        assert reward_model is not None
+        reward_id = "rm:" + folder_digest(reward_model)
+    else:
+        reward_id = "feedback:" + model_digest(getattr(feedback, "spec", "")) + ":" + template_hash(SINGLE_TEMPLATE)
+    fp = fingerprint(cfg, base, None, prompts=[p.messages() for p in prompts], reward=reward_id)
+    if (done := already_done(out_dir, fp)) is not None:
         return done
 
     import torch
@@ -127,15 +125,11 @@ def train_online(cfg: OnlineConfig, prompts: Sequence[Prompt], out_dir: Path, ba
         reward_fn = FeedbackReward(feedback, cfg.answer_prefix)
     batch = cfg.prompts_per_step * cfg.num_generations
     work = out_dir / "trainer"
-    args = GRPOConfig(
-        output_dir=str(work), max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
-        num_train_epochs=1, learning_rate=cfg.learning_rate, per_device_train_batch_size=batch,
-        num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature, beta=cfg.beta, seed=cfg.seed, use_cpu=not torch.cuda.is_available(),
-        bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing,
-        logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
-        **cfg.training_args,
-    )
+    base_args = trl_args(cfg, work)
+    base_args.update(max_steps=cfg.max_steps if cfg.max_steps > 0 else -1, num_train_epochs=1,
+                     per_device_train_batch_size=batch)
+    args = GRPOConfig(num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
+                      temperature=cfg.temperature, beta=cfg.beta, **base_args)
     dataset = Dataset.from_list([{"prompt": p.messages()} for p in prompts])
     trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=dataset,
                           processing_class=tokenizer, reward_processing_classes=reward_tok,
@@ -144,13 +138,15 @@ def train_online(cfg: OnlineConfig, prompts: Sequence[Prompt], out_dir: Path, ba
     result = trainer.train()
     seconds = time.monotonic() - start
     logs = [h for h in trainer.state.log_history if "reward" in h]
-    model_dir = save_model(trainer.model, tokenizer, out_dir, cfg.lora)
-    shutil.rmtree(work, ignore_errors=True)
     summary = {
-        "fingerprint": fingerprint, "base": str(base), "prompts": len(prompts), "reward": cfg.reward,
+        "fingerprint": fp, "base": str(base), "prompts": len(prompts), "reward": cfg.reward,
         "reward_source": reward_id, **cost_figures(result.global_step, seconds),
         "first_reward": logs[0]["reward"] if logs else None, "final_reward": logs[-1]["reward"] if logs else None,
-        "reward_failures": getattr(reward_fn, "failed", 0), "lora": cfg.lora, "model": str(model_dir),
+        "reward_curve": [round(float(h["reward"]), 5) for h in logs],
+        "reward_failures": getattr(reward_fn, "failed", 0), "lora": cfg.lora,
     }
-    (model_dir / DONE_FILE).write_text(json.dumps(summary, indent=2))
-    return summary
+    model_dir = save_trained(trainer, tokenizer, out_dir, cfg.lora, summary)
+    if model_dir is None:
+        return {"steps": result.global_step, "rank": trainer.accelerator.process_index}
+    shutil.rmtree(work, ignore_errors=True)
+    return {**summary, "model": str(model_dir)}

@@ -10,58 +10,56 @@ data handling). ``min_confidence`` can also drop near-ties. Saves ``OUT/model``,
 
 from __future__ import annotations
 
-import json
-import math
 import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from charter.errors import CharterError
-from charter.records import PreferencePair, short_hash
-from charter.train.dpo import (
-    DONE_FILE,
+from charter.evaluation.stats import wilson
+from charter.records import PreferencePair
+from charter.train.common import (
     SoftLabelColumn,
+    TrainConfig,
     already_done,
+    cost_figures,
+    fingerprint,
+    is_complete,
     load_preferences,
+    local_model_dir,
     lora_config,
-    save_model,
+    loss_curve,
+    save_trained,
     select,
+    training_tokenizer,
+    trl_args,
     trl_rows,
 )
-from charter.train.sft import cost_figures, local_model_dir, training_tokenizer
 
 
-class RewardConfig(BaseModel):
-    """Settings of the reward-model stage (``training_args`` passes anything else to TRL's RewardConfig)."""
+class RewardConfig(TrainConfig):
+    """Settings of the reward-model stage (the shared training fields are documented on :class:`TrainConfig`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    output: str = Field(default="rm", description="Folder in the run where the model goes (RUN/OUTPUT/model).")
 
-    base_model: str | None = Field(default=None, description="'transformers/...' spec of the model to start from; "
-                                                             "None = the SL-CAI model (RUN/sft/model).")
     soft_labels: bool = Field(default=True, description="Cross-entropy against the soft label (False = TRL's loss).")
     min_confidence: float = Field(default=0.5, ge=0.5, le=1, description="Drop pairs whose soft label is below this.")
-    lora: bool = Field(default=True, description="Train a LoRA adapter + the score head (False = full fine-tune).")
-    lora_r: int = Field(default=16, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator.")
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on LoRA inputs.")
-    lora_target_modules: str | list[str] = Field(default="all-linear", description="Modules that get adapters.")
-    max_steps: int = Field(default=-1, description="Optimizer steps (-1 = run `epochs` epochs).")
-    epochs: float = Field(default=1.0, gt=0, description="Epochs when max_steps is -1.")
     learning_rate: float = Field(default=1e-4, gt=0, description="Peak learning rate.")
-    batch_size: int = Field(default=4, ge=1, description="Pairs per device per step.")
-    grad_accum: int = Field(default=1, ge=1, description="Gradient accumulation steps.")
     max_length: int = Field(default=512, ge=16, description="Longest prompt + answer in tokens (longer pairs dropped).")
-    seed: int = Field(default=0, description="Training seed (also initialises the score head).")
-    threads: int = Field(default=0, description="torch threads (0 = torch's default).")
-    bf16: bool = Field(default=False, description="bf16 mixed precision (TRL turns it on by default; off here: "
-                                                  "fp32 is exact and learned better on CPU).")
-    gradient_checkpointing: bool = Field(default=False, description="Recompute activations in the backward pass "
-                                                                    "(saves memory, costs ~30% more compute).")
-    training_args: dict[str, Any] = Field(default_factory=dict, description="Extra TRL RewardConfig arguments.")
+    preferences: str | None = Field(default=None, description="Preference file (None = the run's preferences, else "
+                                                              "its RLCD pairs; an HH-RLHF file = human labels).")
+
+
+def soft_reward_loss(chosen: Any, rejected: Any, soft: Any) -> Any:
+    """Cross-entropy of the Bradley–Terry preference σ(r_c − r_r) against the soft label p = P(chosen better):
+    −(p·log σ(r_c − r_r) + (1 − p)·log σ(r_r − r_c)), averaged over the batch (tensors of equal shape)."""
+    from torch.nn.functional import logsigmoid
+
+    diff = chosen - rejected
+    return -(soft * logsigmoid(diff) + (1 - soft) * logsigmoid(-diff)).mean()
 
 
 def _soft_trainer_class() -> type:
@@ -73,7 +71,6 @@ def _soft_trainer_class() -> type:
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
             import torch
-            from torch.nn.functional import logsigmoid
 
             soft = inputs.pop("soft_label", None)
             if soft is None:
@@ -81,9 +78,9 @@ def _soft_trainer_class() -> type:
             mode = "train" if model.training else "eval"
             outputs = model(**inputs, use_cache=False)
             chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
-            diff = chosen - rejected
-            loss = -(soft * logsigmoid(diff) + (1 - soft) * logsigmoid(-diff)).mean()
+            loss = soft_reward_loss(chosen, rejected, soft)
             with torch.no_grad():
+                diff = chosen - rejected
                 self._metrics[mode]["accuracy"].append((diff > 0).float().mean().item())
                 self._metrics[mode]["margin"].append(diff.mean().item())
             return (loss, outputs) if return_outputs else loss
@@ -92,19 +89,19 @@ def _soft_trainer_class() -> type:
 
 
 def train_reward_model(cfg: RewardConfig, prefs: Sequence[PreferencePair], out_dir: Path,
-                       base_spec: str) -> dict[str, Any]:
+                       base_spec: str, data_path: Path | None = None) -> dict[str, Any]:
     """Train a reward model from ``base_spec`` on ``prefs``; writes ``out_dir/model``; returns a summary.
 
-    Skips training when ``out_dir/model`` was already made from the same data and settings.
+    Skips training when ``out_dir/model`` was already trained from the same inputs (file or pairs, settings, base).
     """
     data = select(prefs, cfg.min_confidence)
     if not data:
         raise CharterError(f"no preference pair has soft_label >= {cfg.min_confidence} ({len(prefs)} pairs given)",
                            "lower rm.min_confidence or label more pairs")
     base = local_model_dir(base_spec)
-    fingerprint = short_hash(cfg.model_dump(mode="json"), [(p.id, p.soft_label) for p in data], str(base),
-                             (base / "config.json").stat().st_mtime)
-    if (done := already_done(out_dir, fingerprint)) is not None:
+    rows = trl_rows(data)
+    fp = fingerprint(cfg, base, data_path, pairs=None if data_path else rows)
+    if (done := already_done(out_dir, fp)) is not None:
         return done
 
     import torch
@@ -118,14 +115,7 @@ def train_reward_model(cfg: RewardConfig, prefs: Sequence[PreferencePair], out_d
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
     work = out_dir / "trainer"
-    args = TRLRewardConfig(
-        output_dir=str(work), max_steps=cfg.max_steps, num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        max_length=cfg.max_length, seed=cfg.seed, use_cpu=not torch.cuda.is_available(), bf16=cfg.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing, logging_steps=1,
-        save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0, **cfg.training_args,
-    )
-    rows = trl_rows(data)
+    args = TRLRewardConfig(max_length=cfg.max_length, **trl_args(cfg, work))
     if not cfg.soft_labels:
         rows = [{k: v for k, v in r.items() if k != "soft_label"} for r in rows]
     trainer_cls = _soft_trainer_class() if cfg.soft_labels else RewardTrainer
@@ -138,17 +128,19 @@ def train_reward_model(cfg: RewardConfig, prefs: Sequence[PreferencePair], out_d
     result = trainer.train()
     seconds = time.monotonic() - start
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    model_dir = save_model(trainer.model, tokenizer, out_dir, cfg.lora)
-    shutil.rmtree(work, ignore_errors=True)
+    losses = loss_curve(logs)
     summary = {
-        "fingerprint": fingerprint, "base": str(base), "pairs": len(data), "trained_pairs": len(trainer.train_dataset),
+        "fingerprint": fp, "base": str(base), "pairs": len(data), "trained_pairs": len(trainer.train_dataset),
         "dropped_low_confidence": len(prefs) - len(data), "soft_labels": cfg.soft_labels,
-        **cost_figures(result.global_step, seconds),
-        "first_loss": logs[0]["loss"] if logs else None, "final_loss": logs[-1]["loss"] if logs else None,
-        "lora": cfg.lora, "model": str(model_dir),
+        **cost_figures(result.global_step, seconds), "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None, "loss_curve": losses,
+        "final_accuracy": logs[-1].get("accuracy") if logs else None, "lora": cfg.lora,
     }
-    (model_dir / DONE_FILE).write_text(json.dumps(summary, indent=2))
-    return summary
+    model_dir = save_trained(trainer, tokenizer, out_dir, cfg.lora, summary)
+    if model_dir is None:
+        return {"steps": result.global_step, "rank": trainer.accelerator.process_index}
+    shutil.rmtree(work, ignore_errors=True)
+    return {**summary, "model": str(model_dir)}
 
 
 class RewardScorer:
@@ -158,7 +150,7 @@ class RewardScorer:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        if not (Path(model_dir) / "config.json").is_file():
+        if not is_complete(Path(model_dir)) and not (Path(model_dir) / "config.json").is_file():
             raise CharterError(f"{model_dir}: no reward model here", "train one first with `charter rm`")
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.tokenizer.padding_side = "right"
@@ -181,16 +173,6 @@ class RewardScorer:
         return out
 
 
-def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson 95% confidence interval of a proportion ``k / n`` (``(0, 1)`` when ``n`` is 0)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
-
-
 def reward_accuracy(model_dir: Path, prefs: Sequence[PreferencePair]) -> dict[str, Any]:
     """How often the reward model scores ``chosen`` above ``rejected``, with a Wilson 95% CI (ties count half)."""
     scorer = RewardScorer(model_dir)
@@ -198,11 +180,11 @@ def reward_accuracy(model_dir: Path, prefs: Sequence[PreferencePair]) -> dict[st
     rejected = scorer.score([[*p.prompt, *p.rejected] for p in prefs])
     wins = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected, strict=True))
     n = len(prefs)
-    return {"accuracy": round(wins / n, 4) if n else None, "ci": list(wilson(wins, n)), "n": n}
+    return {"accuracy": round(wins / n, 4) if n else None, "ci": [round(x, 4) for x in wilson(wins, n)], "n": n}
 
 
 def run_reward(cfg: RewardConfig, preferences_path: Path, out_dir: Path, base_spec: str) -> dict[str, Any]:
     """The reward-model stage: train on ``preferences_path`` (preferences.jsonl, or an HH file for human labels)."""
-    summary = train_reward_model(cfg, load_preferences(preferences_path), out_dir, base_spec)
+    summary = train_reward_model(cfg, load_preferences(preferences_path), out_dir, base_spec, preferences_path)
     summary["preferences"] = str(preferences_path)
     return summary
