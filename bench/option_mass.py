@@ -12,20 +12,27 @@ measures, per option-mass bin, how often the two orders agree:
   bias (the embedded model's is -0.26, which makes ``raw`` agreement 0) does not hide the information; chance is
   0.5 by construction.
 
-Sources (``--sources``):
+Sources (``--sources``), each a backend and label settings a user can choose:
 
-* ``transformers``: the embedded model through the transformers backend (the pipeline's default feedback model);
+* ``transformers``: the embedded model through the transformers backend (the pipeline's default feedback model),
+  default label settings;
+* ``transformers-0shot``: the same without the few-shot examples (``few_shot: 0``);
+* ``transformers-noparen``: the same with the answer prefix ``The answer is:`` (no ``(``: the model would rather
+  write `` (A)`` or `` A``, so less mass lands on ``A``/``B`` as read);
+* ``transformers-noprefix``: no assistant prefix at all (the first token of a fresh answer);
 * ``llamacpp``: the same weights (the embedded Q4_1 GGUF) behind llama-cpp-python's OpenAI-compatible server,
   scored the way the ``openai`` backend now does there (completions over the chat template);
 * ``llamacpp-chat``: the same server through the chat endpoint with the assistant prefix sent as a final
-  assistant message, which that server does not continue: the readings a user got before (issue 12), whose
-  option mass is tiny. They are real readings of the failure the floor exists to catch.
+  assistant message, which that server does not continue: the readings a user got before (issue 12).
+
+Together they put real readings at every option mass, from the failure the floor exists to catch (~0.001) to
+the working path (~0.95).
 
 The floor printed is the lower edge of the lowest mass bin from which every bin upwards agrees better than chance
 (debiased agreement's Wilson 95% lower bound > 0.5 pooled over those bins, and no bin below it does). Calls are
 cached in ``--out`` (charter's call cache), so a re-run is instant and an interrupted one resumes.
 
-    .venv/bin/python bench/option_mass.py --n 150 --sources transformers,llamacpp,llamacpp-chat   # the measurement
+    .venv/bin/python bench/option_mass.py --n 150                 # the measurement
     .venv/bin/python bench/option_mass.py --quick                                                 # a tiny run
 
 The last line of output is one JSON object with every figure.
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import statistics
@@ -49,6 +57,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hh_harmless_dev.jsonl"
+SOURCES: dict[str, tuple[str, dict[str, Any]]] = {
+    "transformers": ("transformers", {}),
+    "transformers-0shot": ("transformers", {"few_shot": 0}),
+    "transformers-noparen": ("transformers", {"answer_prefix": "The answer is:"}),
+    "transformers-noprefix": ("transformers", {"answer_prefix": ""}),
+    "llamacpp": ("llamacpp", {}),
+    "llamacpp-chat": ("llamacpp-chat", {}),
+}
+"""Source name -> (backend, LabelConfig fields)."""
 EDGES = (0.0, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0000001)
 """Option-mass bin edges: log-spaced where readings fail, linear where they work."""
 
@@ -112,7 +129,7 @@ def print_table(name: str, t: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=150, help="HH pairs (each read in both orders)")
-    ap.add_argument("--sources", default="transformers,llamacpp,llamacpp-chat", help="comma-separated sources")
+    ap.add_argument("--sources", default=",".join(SOURCES), help="comma-separated sources (see above)")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-option-mass", help="run folder (call cache)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads / llama.cpp threads")
@@ -136,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     sources = [s for s in args.sources.split(",") if s]
     pairs, _ = load_hh_pairs(args.data, args.n)
     constitution = load_constitution()
-    cfg = LabelConfig(min_option_mass=0.0, principles=args.principles)
+    logging.getLogger("charter.backends.openai").setLevel(logging.ERROR)  # floored options are expected here
     run = RunDir(args.out)
     out: dict[str, Any] = {"pairs": len(pairs), "data": str(args.data), "sources": {}}
     pooled: list[tuple[float, bool, bool]] = []
@@ -144,19 +161,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         for src in sources:
             t = time.perf_counter()
-            if src == "transformers":
+            if src not in SOURCES:
+                sys.exit(f"error: unknown source {src!r}; use {', '.join(SOURCES)}")
+            kind, overrides = SOURCES[src]
+            if kind == "transformers":
                 backend = load_backend("transformers/embedded", BackendOptions(threads=args.threads), lazy=True)
-            elif src in ("llamacpp", "llamacpp-chat"):
+            else:
                 if server is None:
                     from charter.embedded import gguf_path
 
                     server = LlamaServer(gguf_path(), threads=args.threads).start()
-                mode = {"prefix": "completions", "template": "embedded"} if src == "llamacpp" else {"prefix": "continue"}
+                mode: dict[str, Any] = {"prefix": "continue"}  # llamacpp-chat: the path that fails there
+                if kind == "llamacpp":
+                    mode = {"prefix": "completions", "template": "embedded"}
                 backend = load_backend(f"openai/smollm@{server.url}",
                                        BackendOptions(concurrency=1, timeout=600, extra=mode))
-            else:
-                sys.exit(f"error: unknown source {src!r}; use transformers, llamacpp or llamacpp-chat")
-            cached = CachedBackend(backend, run.cache(), batch_size=16)
+            cfg = LabelConfig(min_option_mass=0.0, principles=args.principles, **overrides)
+            cached = CachedBackend(backend, run.cache, batch_size=16)
             labeled, stats = label_pairs(cfg, pairs, constitution, cached, quiet=True)
             votes = votes_of(labeled)
             ind = indicators(votes)

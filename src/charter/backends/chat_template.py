@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from charter.backends.base import Message
 from charter.errors import BackendError
@@ -52,13 +53,13 @@ class ChatTemplate:
         from transformers.utils.chat_template_utils import render_jinja_template
 
         try:
-            rendered, _ = render_jinja_template(
+            out: Any = render_jinja_template(  # (rendered texts, generation indices), whatever its annotation says
                 conversations=[list(messages)], chat_template=self.text, add_generation_prompt=True,
                 bos_token=self.bos_token, eos_token=self.eos_token)
         except Exception as e:  # jinja2 raises many kinds (TemplateError, TypeError from filters...)
             raise BackendError(f"the chat template from {self.source} cannot render this conversation: {e}",
                                "check extra.template names the served model's tokenizer") from None
-        text = rendered[0]
+        text = str(out[0][0])
         if self.server_adds_bos and self.bos_token and text.startswith(self.bos_token):
             text = text[len(self.bos_token):]
         return text

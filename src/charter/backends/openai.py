@@ -133,6 +133,7 @@ class OpenAIBackend:
         self._path: str | None = None if mode == "auto" else mode
         self._template: ChatTemplate | None = None
         self._template_error: BackendError | None = None
+        self._pinned_id: str | None = None
         self.backoff = float(options.extra.get("backoff", 0.5))
         """Seconds before the first retry; doubled each retry (with jitter), capped at ``max_backoff``."""
         self.max_backoff = float(options.extra.get("max_backoff", 30.0))
@@ -152,10 +153,17 @@ class OpenAIBackend:
         """The cache identity: ``openai/MODEL@URL`` when the server continues assistant prefixes, plus
         ``|prefix=completions:<template hash>`` when scoring goes through the completions endpoint (``:none`` when
         no chat template is at hand, so scoring fails). Reading it probes the server once (``extra.prefix: auto``)."""
+        if self._pinned_id is not None:
+            return self._pinned_id
         if self.score_path() == "continue":
             return self.base_id
         template = self._chat_template(required=False)
         return f"{self.base_id}|prefix=completions:{template.id if template else 'none'}"
+
+    @model_id.setter
+    def model_id(self, value: str) -> None:
+        """Pin the identity (the Protocol's attribute is settable); the probe no longer decides it."""
+        self._pinned_id = value
 
     def score_path(self) -> str:
         """``"continue"`` (chat completions continuing the assistant prefix) or ``"completions"``; probed once in
