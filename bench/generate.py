@@ -28,7 +28,8 @@ steps over decode-step time (prefill excluded).
 **llama.cpp** (llama-cpp-python, the ``llamacpp`` extra) decodes the same token ids greedily with its batch API
 (``bench/llamacpp_peer.py``: one ``llama_decode`` per step for all live sequences, continuous batching, the shared
 prefix computed once and copied per sequence) on the Q4_1 GGUF the embedded model ships as and on an F16 GGUF
-written from the same weights; ``--llamacpp-batches`` are swept (1 = its batch-1 figure). ``llamacpp_b1_tok_s`` and
+written from the same weights; ``--llamacpp-batches`` are swept (1 = its batch-1 figure), the batched ones in both
+of llama.cpp's KV layouts (``--llamacpp-kv``), and its best is kept. ``llamacpp_b1_tok_s`` and
 ``llamacpp_best_tok_s`` are the F16 figures (the engine's precision class); the Q4_1 ones have their own keys.
 
     .venv/bin/python bench/generate.py --threads 2 --n-prompts 192 --max-new-tokens 128   # the measurement
@@ -329,8 +330,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--fp32-batch", type=int, default=16, help="plain generate batch size in the fp32 comparison")
     ap.add_argument("--llamacpp-batches", default="1,32,64", help="llama.cpp sequences per batch to sweep ('' = "
                     "skip llama.cpp)")
-    ap.add_argument("--llamacpp-unified-kv", action="store_true", help="llama.cpp: one KV buffer for all sequences "
-                    "(kv_unified) instead of one stream per sequence")
+    ap.add_argument("--llamacpp-kv", default="split,unified", help="llama.cpp KV layouts swept for batches > 1: "
+                    "'split' (one stream per sequence, attention over its own cells; the shared prefix copied into "
+                    "each) and/or 'unified' (kv_unified: one buffer, the prefix stored once, attention over all cells)")
     ap.add_argument("--peak-seconds", type=float, default=0.3, help="seconds per GEMM timing of the peak")
     ap.add_argument("--f16-gguf", type=Path, default=Path.home() / ".cache" / "charter" / "bench" /
                     "SmolLM2-135M-Instruct.F16.gguf", help="where the F16 GGUF is written (once)")
@@ -454,22 +456,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         args.f16_gguf.parent.mkdir(parents=True, exist_ok=True)
         ggufs = {"q4_1": gguf_path(), "f16": write_f16_gguf(gguf_path(), args.f16_gguf)}
+        kvs = [k for k in args.llamacpp_kv.split(",") if k]
+        runs = [(s, kv) for s in lc_batches for kv in (["unified"] if s == 1 else kvs)]
         for name, path in ggufs.items():
-            by: dict[int, float] = {}
-            outs_by: dict[int, Calls] = {}
-            for s in lc_batches:
-                model, fn = llamacpp_fn(backend, path, args.threads, s, args.llamacpp_unified_kv)
+            by: dict[str, float] = {}
+            outs_by: dict[str, Calls] = {}
+            for s, kv in runs:
+                model, fn = llamacpp_fn(backend, path, args.threads, s, kv == "unified")
                 timed(fn, head(calls, 2))
                 outs, secs, toks = timed(fn, calls)
                 model.close()
-                by[s], outs_by[s] = toks / secs, outs
-                print(f"llama.cpp {name:5s} batch {s:3d}: {toks:6d} tokens in {secs:7.1f} s = {toks / secs:7.1f} "
-                      f"tok/s; greedy match vs engine ({dtype}): {match_rate(outs, e_outs):.1%}, vs plain "
-                      f"batch {best_bs}: {match_rate(outs, plain_outs):.1%}")
-            batched = [s for s in by if s > 1]
-            best_s = max(batched, key=lambda s: by[s]) if batched else None
-            lc[name] = {"by_batch": by, "b1": by.get(1, NAN), "best_batch": best_s,
-                        "best": by[best_s] if best_s else NAN, "outs": outs_by}
+                key = "1" if s == 1 else f"{s}/{kv}"
+                by[key], outs_by[key] = toks / secs, outs
+                layout = "" if s == 1 else kv
+                print(f"llama.cpp {name:5s} batch {s:3d} {layout:7s}: {toks:6d} tokens in {secs:7.1f} s = "
+                      f"{toks / secs:7.1f} tok/s; greedy match vs engine ({dtype}): {match_rate(outs, e_outs):.1%}, "
+                      f"vs plain batch {best_bs}: {match_rate(outs, plain_outs):.1%}")
+            batched = [k for k in by if k != "1"]
+            best_k = max(batched, key=lambda k: by[k]) if batched else None
+            lc[name] = {"by_batch": by, "b1": by.get("1", NAN), "best_batch": best_k,
+                        "best": by[best_k] if best_k else NAN, "outs": outs_by}
 
     # --- fp32 beside the primary dtype, on the same first requests
     fp32: dict[str, Any] = {}
@@ -502,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if 1 in results:  # bf16 greedy is not even self-consistent: plain batch 1 vs batched
             fp32[f"{dtype}_plain_batch1_vs_batched_match_rate"] = r(match_rate(results[1][1], plain_outs), 3)
         if "f16" in lc:
-            best = lc["f16"]["outs"][lc["f16"]["best_batch"] or 1]
+            best = lc["f16"]["outs"][lc["f16"]["best_batch"] or "1"]
             fp32["llamacpp_f16_vs_fp32_engine_match_rate"] = r(match_rate(sub_of(best), o32), 3)
         print(f"fp32 beside {dtype} on {n_sub} requests: {fp32}")
         for k in o16:
@@ -571,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "engine_vs_llamacpp_q4_1": r(engine_tok_s / q4.get("best", NAN), 2),
         "engine_b1_vs_llamacpp_q4_1_b1": r(e1_tok_s / q4.get("b1", NAN), 2),
         "llamacpp_tok_s_by_batch": {k: {s: r(t) for s, t in v["by_batch"].items()} for k, v in lc.items()},
-        "llamacpp_kv": "unified" if args.llamacpp_unified_kv else "per-sequence streams",
+        "llamacpp_kv_swept": args.llamacpp_kv,
         **fp32,
         "cpu": cpu_model,
         "cpu_flags": flags,

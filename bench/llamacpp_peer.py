@@ -32,9 +32,9 @@ def free_port() -> int:
 class LlamaServer:
     """llama-cpp-python's OpenAI-compatible server on 127.0.0.1 (``--model_alias smollm``)."""
 
-    def __init__(self, gguf: Path, threads: int = 1, n_ctx: int = 4096, alias: str = "smollm") -> None:
+    def __init__(self, gguf: Path, threads: int = 1, n_ctx: int = 4096, alias: str = "smollm", port: int = 0) -> None:
         self.gguf, self.threads, self.n_ctx, self.alias = gguf, threads, n_ctx, alias
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -131,7 +131,7 @@ class LlamaCppGreedy:
         n_batch: Most tokens in one ``llama_decode``.
     """
 
-    def __init__(self, gguf: Path, threads: int, slots: int, eos_ids: Sequence[int], unified: bool = True,
+    def __init__(self, gguf: Path, threads: int, slots: int, eos_ids: Sequence[int], unified: bool = False,
                  n_batch: int = 2048) -> None:
         import llama_cpp as L
 

@@ -66,7 +66,7 @@ SOURCES: dict[str, tuple[str, dict[str, Any]]] = {
     "llamacpp-chat": ("llamacpp-chat", {}),
 }
 """Source name -> (backend, LabelConfig fields)."""
-EDGES = (0.0, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0000001)
+EDGES = (0.0, 3e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2, 3e-2, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0000001)
 """Option-mass bin edges: log-spaced where readings fail, linear where they work."""
 
 
@@ -75,55 +75,83 @@ def logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def votes_of(labeled: Sequence[Any]) -> list[tuple[float, float, float]]:
-    """``(option mass, P(A) read A-first, P(A) read A-second)`` of every vote read in both orders."""
-    return [(v.option_mass, v.p_ab, v.p_ba) for x in labeled for v in x.votes
-            if v.option_mass is not None and v.p_ab is not None and v.p_ba is not None]
+Vote = tuple[float, float, float]
+"""``(option mass, P(A) read with A first, P(A) read with A second)``."""
 
 
-def indicators(votes: Sequence[tuple[float, float, float]]) -> list[tuple[float, bool, bool]]:
-    """``(mass, orders agree, orders agree once each order's median log-odds is taken off)`` per vote."""
+def votes_of(labeled: Sequence[Any]) -> dict[tuple[str, str], Vote]:
+    """Every vote read in both orders, by (pair id, principle id)."""
+    return {(x.pair.id, v.principle_id): (v.option_mass, v.p_ab, v.p_ba) for x in labeled for v in x.votes
+            if v.option_mass is not None and v.p_ab is not None and v.p_ba is not None}
+
+
+def _medians(votes: dict[tuple[str, str], Vote]) -> tuple[float, float]:
+    return (statistics.median(logit(v[1]) for v in votes.values()),
+            statistics.median(logit(v[2]) for v in votes.values()))
+
+
+def indicators(votes: dict[tuple[str, str], Vote], ref: dict[tuple[str, str], Vote] | None
+               ) -> list[tuple[float, str, bool]]:
+    """``(mass, criterion, hit)`` rows: ``raw`` and ``debiased`` order agreement per vote, and ``model`` — each
+    reading's agreement with the model's own answer (``ref``: the transformers backend's reading of the same
+    question, default settings), both debiased by their order's median — per reading."""
     if not votes:
         return []
-    med_ab = statistics.median(logit(p) for _, p, _ in votes)
-    med_ba = statistics.median(logit(p) for _, _, p in votes)
-    return [(m, (ab - 0.5) * (ba - 0.5) > 0, (logit(ab) - med_ab) * (logit(ba) - med_ba) > 0)
-            for m, ab, ba in votes]
+    m_ab, m_ba = _medians(votes)
+    out = []
+    for m, ab, ba in votes.values():
+        out.append((m, "raw", (ab - 0.5) * (ba - 0.5) > 0))
+        out.append((m, "debiased", (logit(ab) - m_ab) * (logit(ba) - m_ba) > 0))
+    if ref is not None and ref is not votes and ref:
+        r_ab, r_ba = _medians(ref)
+        for key, (m, ab, ba) in votes.items():
+            if key in ref:
+                _, rab, rba = ref[key]
+                out.append((m, "model", (logit(ab) - m_ab) * (logit(rab) - r_ab) > 0))
+                out.append((m, "model", (logit(ba) - m_ba) * (logit(rba) - r_ba) > 0))
+    return out
 
 
-def summary(ind: Sequence[tuple[float, bool, bool]]) -> dict[str, Any]:
+def summary(rows: Sequence[tuple[float, str, bool]], crit: str) -> dict[str, Any]:
     from charter.train.reward import wilson
 
-    n = len(ind)
-    raw, deb = sum(r for _, r, _ in ind), sum(d for _, _, d in ind)
-    return {"n": n, "raw": round(raw / n, 3) if n else None, "debiased": round(deb / n, 3) if n else None,
-            "debiased_ci": list(wilson(deb, n))}
+    hits = [h for _, c, h in rows if c == crit]
+    n, k = len(hits), sum(hits)
+    return {"n": n, "agree": round(k / n, 3) if n else None, "ci": list(wilson(k, n))}
 
 
-def agreement_table(ind: Sequence[tuple[float, bool, bool]]) -> dict[str, Any]:
-    """Raw and debiased order agreement per option-mass bin, and the floor they imply: the lowest bin edge from
-    which the votes at or above agree better than chance (pooled Wilson lower bound > 0.5) while no populated bin
-    below it does on its own (None when no such edge exists)."""
-    bins = [{"lo": lo, "hi": min(hi, 1.0), **summary([v for v in ind if lo <= v[0] < hi])}
+def agreement_table(rows: Sequence[tuple[float, str, bool]], crit: str) -> dict[str, Any]:
+    """Agreement by option-mass bin for one criterion, and the floor it implies: the lowest bin edge from which
+    the rows at or above agree better than chance (pooled Wilson lower bound > 0.5) while no populated bin below
+    it does on its own (None when no edge qualifies)."""
+    bins = [{"lo": lo, "hi": min(hi, 1.0), **summary([x for x in rows if lo <= x[0] < hi], crit)}
             for lo, hi in zip(EDGES[:-1], EDGES[1:], strict=True)]
     floor = None
     for i, b in enumerate(bins):
         if not b["n"]:
             continue
-        above = summary([v for v in ind if v[0] >= b["lo"]])
-        if above["debiased_ci"][0] > 0.5 and all(x["debiased_ci"][0] <= 0.5 for x in bins[:i] if x["n"]):
+        above = summary([x for x in rows if x[0] >= b["lo"]], crit)
+        if above["ci"][0] > 0.5 and all(x["ci"][0] <= 0.5 for x in bins[:i] if x["n"]):
             floor = b["lo"]
             break
-    return {"votes": len(ind), "all": summary(ind), "bins": bins, "floor": floor}
+    return {"criterion": crit, "all": summary(rows, crit), "bins": [b for b in bins if b["n"]], "floor": floor}
 
 
 def print_table(name: str, t: dict[str, Any]) -> None:
-    print(f"  {'mass bin':>17s} {'n':>5s} {'raw':>6s} {'debiased':>9s}  95% CI")
+    if not t["all"]["n"]:
+        return
+    print(f"  {name} — {CRITERIA[t['criterion']]}")
     for b in t["bins"]:
-        if b["n"]:
-            print(f"  [{b['lo']:<6g}, {b['hi']:<6g}) {b['n']:5d} {b['raw']:6.3f} {b['debiased']:9.3f}  "
-                  f"{b['debiased_ci']}")
-    print(f"  {name}: all {t['all']}; floor: {t['floor']}")
+        print(f"    mass [{b['lo']:<6g}, {b['hi']:<6g}) n={b['n']:4d}  agree {b['agree']:.3f}  95% CI "
+              f"[{b['ci'][0]:.3f}, {b['ci'][1]:.3f}]")
+    a = t["all"]
+    print(f"    all: n={a['n']} agree {a['agree']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]; floor: {t['floor']}")
+
+
+CRITERIA = {"raw": "the two orders pick the same answer",
+            "debiased": "the two orders agree once each order's median log-odds is taken off (chance 0.5)",
+            "model": "the reading agrees with the model's own answer read where it should be (transformers, "
+                     "default settings; each debiased; chance 0.5)"}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -133,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-option-mass", help="run folder (call cache)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads / llama.cpp threads")
+    ap.add_argument("--port", type=int, default=51195, help="llama_cpp.server port: part of the openai backend's "
+                    "model id, so a fixed port keeps the call cache valid between runs")
     ap.add_argument("--principles", type=int, default=1, help="principles per pair (votes per pair)")
     ap.add_argument("--quick", action="store_true", help="a tiny run proving the script works")
     args = ap.parse_args(argv)
@@ -156,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.getLogger("charter.backends.openai").setLevel(logging.ERROR)  # floored options are expected here
     run = RunDir(args.out)
     out: dict[str, Any] = {"pairs": len(pairs), "data": str(args.data), "sources": {}}
-    pooled: list[tuple[float, bool, bool]] = []
+    all_votes: dict[str, dict[tuple[str, str], Vote]] = {}
     server: LlamaServer | None = None
     try:
         for src in sources:
@@ -170,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 if server is None:
                     from charter.embedded import gguf_path
 
-                    server = LlamaServer(gguf_path(), threads=args.threads).start()
+                    server = LlamaServer(gguf_path(), threads=args.threads, port=args.port).start()
                 mode: dict[str, Any] = {"prefix": "continue"}  # llamacpp-chat: the path that fails there
                 if kind == "llamacpp":
                     mode = {"prefix": "completions", "template": "embedded"}
@@ -179,28 +209,40 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             cfg = LabelConfig(min_option_mass=0.0, principles=args.principles, **overrides)
             cached = CachedBackend(backend, run.cache, batch_size=16)
             labeled, stats = label_pairs(cfg, pairs, constitution, cached, quiet=True)
-            votes = votes_of(labeled)
-            ind = indicators(votes)
-            pooled += ind
-            masses = sorted(v[0] for v in votes)
+            all_votes[src] = votes_of(labeled)
+            masses = sorted(v[0] for v in all_votes[src].values())
             out["sources"][src] = {
                 "model_id": backend.model_id, "seconds": round(time.perf_counter() - t, 1),
-                "position_bias": stats["position_bias"], "order_consistency": stats["order_consistency"],
+                "votes": len(masses), "position_bias": stats["position_bias"],
+                "order_consistency": stats["order_consistency"],
                 "mass_quartiles": [round(masses[int(q * (len(masses) - 1))], 4) for q in (0, .25, .5, .75, 1)]
-                if masses else [], **agreement_table(ind)}
+                if masses else []}
     finally:
         if server is not None:
             server.close()
 
+    ref = all_votes.get("transformers")
+    pooled: list[tuple[float, str, bool]] = []
     for src in sources:
         s = out["sources"][src]
+        rows = indicators(all_votes[src], ref)
+        pooled += rows
+        s["tables"] = {c: agreement_table(rows, c) for c in CRITERIA}
         print(f"{src}: {s['votes']} votes in {s['seconds']} s, {s['model_id']}; option mass quartiles "
               f"{s['mass_quartiles']}; position bias {s['position_bias']}, order consistency {s['order_consistency']}")
-        print_table(src, s)
-    out["pooled"] = agreement_table(pooled)
-    print("all sources pooled (each debiased by its own medians):")
-    print_table("pooled", out["pooled"])
-    out["floor"] = out["pooled"]["floor"]
+        for t in s["tables"].values():
+            print_table(src, t)
+    print("all sources pooled:")
+    out["pooled"] = {c: agreement_table(pooled, c) for c in CRITERIA}
+    for t in out["pooled"].values():
+        print_table("pooled", t)
+    out["floor"] = {c: t["floor"] for c, t in out["pooled"].items()}
+    low = [m for src in sources if src.endswith("-chat") for m, _, _ in all_votes[src].values()]
+    high = [m for src in sources if not src.endswith("-chat") for m, _, _ in all_votes[src].values()]
+    if low and high:
+        out["gap"] = {"fresh_turn_max": round(max(low), 4), "answer_min": round(min(high), 4)}
+        print(f"option mass of fresh-turn readings (the chat path llama-cpp-python does not continue): at most "
+              f"{max(low):.4f}; of readings where the model answers the question: at least {min(high):.4f}")
     print(json.dumps(out))
     return out
 
