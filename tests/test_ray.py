@@ -168,18 +168,6 @@ def test_pool_results_equal_local_and_a_rerun_makes_no_calls(cluster: LocalClust
         rb.close()
 
 
-def test_ray_data_engine_gives_the_same_results(cluster: LocalCluster, tmp_path: Path) -> None:
-    gen = _gen_requests(12, GenParams(max_new_tokens=40))
-    want = MockBackend().generate(gen)
-    rb = RayBackend("mock/echo", BackendOptions(batch_size=2), address=cluster.address, num_workers=2,
-                    cpus_per_worker=0.5, engine="data")
-    cache = CallCache(tmp_path / "calls.sqlite")
-    assert CachedBackend(rb, cache, batch_size=2).generate(gen) == want
-    assert rb.calls == 12 and cache.count() == 12
-    assert CachedBackend(rb, cache, batch_size=2).generate(gen) == want and rb.calls == 12
-
-
-@pytest.mark.slow
 def test_tiny_model_on_two_workers_equals_the_local_backend(cluster: LocalCluster, lively_dir: Path,
                                                             tmp_path: Path) -> None:
     spec = f"transformers//{lively_dir}"
@@ -202,8 +190,6 @@ def test_tiny_model_on_two_workers_equals_the_local_backend(cluster: LocalCluste
 def test_a_worker_that_cannot_load_its_model_is_a_one_line_error(cluster: LocalCluster, tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="does not exist"):
         RayBackend(f"transformers//{tmp_path}/no-such-model", address=cluster.address, num_workers=1)
-    with pytest.raises(BackendError, match="unknown Ray engine"):
-        RayBackend("mock/echo", address=cluster.address, engine="spark")
 
 
 DRIVER = textwrap.dedent("""

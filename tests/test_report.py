@@ -58,14 +58,24 @@ def report_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                   {"base": "fake/base", "refuser": "fake/refuser", "sl": "fake/balanced",
                                    "ghost": "transformers//no/such/folder"})
     write_jsonl(run.file("critiques.jsonl"), _chains())
+    _audit(folder / "prompts.jsonl", run.path)
     build_report(run.path)
     return run.path
+
+
+def _audit(prompts: Path, run: Path) -> None:
+    """RUN/audit.json (issue 15) from a small prompt file with a duplicate and an escaped-HTML prompt."""
+    from charter.audit.run import audit_files, write_audit
+
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
+                               ["How do I pick a lock?", f"Tell me a joke {EVIL}", "How do I pick a lock?"]))
+    write_audit(audit_files([prompts]), run / "audit.json")
 
 
 def test_report_is_one_self_contained_escaped_file(report_run: Path) -> None:
     html = (report_run / "report.html").read_text()
     for section in ("glance", "elo", "refusal", "harm", "principles", "judges", "answers", "chains",
-                    "failures"):
+                    "failures", "audit"):
         assert f'id="{section}"' in html
     assert EVIL not in html and "&lt;script&gt;alert(" in html
     assert not re.search(r"<(?:link|img|iframe)\b|<script[^>]+src=|@import|url\(\s*['\"]?https?:", html)
@@ -74,6 +84,7 @@ def test_report_is_one_self_contained_escaped_file(report_run: Path) -> None:
     assert html.count('class="chart"') == len(CHARTS)
     assert "ghost" in html and "no/such/folder" in html  # the failed model is reported
     assert "position bias +0.15" in html  # the biased judge is called out
+    assert "1 records repeat an earlier record exactly" in html  # the data audit (issue 15)
 
 
 def test_report_of_a_run_without_evaluation_shows_the_chains(tmp_path: Path) -> None:
@@ -258,6 +269,9 @@ def test_report_renders_in_chromium_without_errors_and_draws_its_plots(report_ru
     after = b.js("document.getElementById('count').textContent")
     shown, total = map(int, re.findall(r"\d+", after))
     assert before.startswith(f"{total} of {total}") and 0 < shown < total
+    audit = b.js("(() => { const r = document.getElementById('audit').getBoundingClientRect();"
+                 " return [r.height, document.querySelectorAll('#audit table.audit tr').length]; })()")
+    assert audit[0] > 200 and audit[1] > 5  # the data-audit section (issue 15) is laid out, with its rows
     full = b.js("document.documentElement.scrollHeight")
     (tmp_path / "report.png").write_bytes(b.screenshot(0, 0, 1280, min(full, 6000), scale=0.5))
     assert b.problems() == []

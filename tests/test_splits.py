@@ -79,3 +79,19 @@ def test_hh_split_is_stable_and_disjoint(shared_data: Path) -> None:
     assert len(train) + len(ev) == len(prompts)
     assert 0.22 < len(ev) / len(prompts) < 0.38
     assert not {p.text.casefold() for p in train} & {p.text.casefold() for p in ev}
+
+
+def test_a_run_reads_several_files_in_order_uses_the_train_part_and_never_an_eval_prompt(shared_data: Path) -> None:
+    from charter.config import load_config
+    from charter.pipeline import load_run_prompts
+
+    hh = shared_data / "hh_harmless_dev.jsonl"
+    cfg = load_config(None, [f"prompts.red_team=[bundled, {hh}]", "prompts.split=train", "prompts.red_team_limit=200",
+                             "prompts.helpful_limit=5"])
+    prompts, info = load_run_prompts(cfg)
+    red = [p for p in prompts if not p.helpful]
+    assert len(red) == 200 and red[0].id.startswith("rt-")  # the bundled set first, then the HH file
+    assert len([p for p in prompts if p.helpful]) == 5
+    evaluation = {p.text for p in select(load_prompts(hh).prompts, "eval", hh)}
+    assert not evaluation & {p.text for p in red}
+    assert info[str(hh)]["split"]["used"] == "train" and info[str(hh)]["prompts"] == 200 - 147

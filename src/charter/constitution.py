@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -146,6 +147,18 @@ class Constitution(_Strict):
                     pool[0], pool[-1] = pool[-1], pool[0]
             out.append(pool.pop())
         return out
+
+    def subset(self, ids: Sequence[str]) -> Constitution:
+        """The same constitution with only the principles ``ids`` (for drawing from part of it).
+
+        Raises:
+            ConfigError: an id that is not one of its principles.
+        """
+        known = {p.id for p in self.principles}
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise ConfigError(f"unknown principle id(s) {unknown}", f"use some of: {', '.join(sorted(known))}")
+        return self.model_copy(update={"principles": [p for p in self.principles if p.id in set(ids)]})
 
     def require_comparison(self) -> None:
         """Check every principle has a ``comparison_question`` (the RL stage needs one per principle).

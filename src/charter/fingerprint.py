@@ -74,23 +74,6 @@ def folder_digest(folder: str | Path) -> str:
     return h.hexdigest()
 
 
-def model_digest(spec: str, options: Any = None) -> str:
-    """The identity of a model that is an input to training: a local folder's content digest, or for a server
-    (``openai/NAME@URL``) the spec plus the model ids the server reports on ``/v1/models``."""
-    from charter.backends.base import split_spec
-
-    provider, rest = split_spec(spec)
-    if provider == "transformers":
-        from charter.backends.transformers import resolve_folder
-
-        return "folder:" + folder_digest(resolve_folder(rest))
-    if provider == "openai":
-        return "server:" + hashlib.sha256(json.dumps([spec, server_model_ids(rest, options)]).encode()).hexdigest()
-    if provider == "vllm" and Path(rest).is_dir():
-        return "folder:" + folder_digest(rest)
-    return f"{provider}:{rest}"
-
-
 def server_model_ids(rest: str, options: Any = None) -> list[str]:
     """The model ids an OpenAI-compatible server reports (``GET /v1/models``); [] when it does not answer."""
     import httpx

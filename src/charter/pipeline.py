@@ -54,53 +54,62 @@ class Session:
 
 
 def load_run_prompts(cfg: RunConfig) -> tuple[list[Prompt], dict[str, Any]]:
-    """Red-team + helpful prompts as the config asks; returns them and what was skipped per file."""
+    """Red-team + helpful prompts as the config asks; returns them and, per file, what was used, skipped and which
+    part of the split. Prompts repeated across files (same text) are used once."""
     from charter.prompts import PromptSet, default_prompts, load_prompts
     from charter.splits import describe as describe_split
     from charter.splits import select as select_split
 
     pc = cfg.prompts
-    sets = []
-    splits: dict[str, Any] = {}
+    info: dict[str, Any] = {}
 
-    def from_file(path: str) -> PromptSet:
+    def from_file(path: str, kind: str) -> PromptSet:
+        if path == "bundled":
+            return default_prompts(kind)
         loaded = load_prompts(path, fmt=pc.format, field=pc.field, hh_mode=pc.hh_mode)
         if pc.split != "all":
-            splits[loaded.source] = describe_split(loaded.prompts, path, pc.split)
+            info[loaded.source] = {"split": describe_split(loaded.prompts, path, pc.split)}
             loaded.prompts = select_split(loaded.prompts, pc.split, path)
         return loaded
 
-    if pc.red_team:
-        sets.append(from_file(pc.red_team))
-    else:
-        sets.append(default_prompts("red_team"))
-    if pc.helpful:
-        sets.append(from_file(pc.helpful))
-        for p in sets[-1].prompts:
-            p.helpful = True
-    elif pc.helpful is None:
-        sets.append(default_prompts("helpful"))
-    limits = [pc.red_team_limit, pc.helpful_limit]
     prompts: list[Prompt] = []
-    info: dict[str, Any] = {}
-    seen: set[str] = set()
-    for s, limit in zip(sets, limits, strict=False):
-        kept = [p for p in s.prompts if p.id not in seen][: limit if limit is not None else None]
-        seen.update(p.id for p in kept)
-        prompts += kept
-        info[s.source] = {"prompts": len(kept), "skipped": [list(x) for x in s.skipped], "duplicates": s.duplicates,
-                          "hash": s.hash(), **({"split": splits[s.source]} if s.source in splits else {})}
+    seen_ids: set[str] = set()
+    seen_text: set[str] = set()
+    for kind, value, limit in (("red_team", pc.red_team, pc.red_team_limit),
+                               ("helpful", pc.helpful, pc.helpful_limit)):
+        if value == "":
+            continue
+        files = ["bundled"] if value is None else [value] if isinstance(value, str) else list(value)
+        taken = 0
+        for path in files:
+            s = from_file(path, kind)
+            kept = []
+            for p in s.prompts:
+                key = " ".join(p.text.split()).casefold()
+                if p.id in seen_ids or key in seen_text or (limit is not None and taken >= limit):
+                    continue
+                if kind == "helpful":
+                    p.helpful = True
+                seen_ids.add(p.id)
+                seen_text.add(key)
+                kept.append(p)
+                taken += 1
+            prompts += kept
+            info[s.source] = {**info.get(s.source, {}), "prompts": len(kept),
+                              "skipped": [list(x) for x in s.skipped], "duplicates": s.duplicates, "hash": s.hash()}
     return prompts, info
 
 
 def stage_critique(s: Session) -> dict[str, Any]:
     """SL-CAI critique/revision: writes critiques.jsonl and sft.jsonl."""
+    from charter.audit.run import audit_run_inputs
     from charter.constitution import load_constitution
     from charter.stages.critique import run_critique
 
     cfg = s.cfg
     constitution = load_constitution(cfg.constitution)
     prompts, prompt_info = load_run_prompts(cfg)
+    audit_run_inputs(cfg, s.run.path, log=s.log)  # issue 15: audit.enabled → RUN/audit.json + warnings, no drops
     s.run.update_manifest(constitution={"name": constitution.name, "version": constitution.version,
                                         "hash": constitution.hash(), "path": cfg.constitution or "(bundled)"},
                           prompts=prompt_info)
@@ -257,15 +266,19 @@ STAGE_FUNCS: dict[str, Callable[[Session], dict[str, Any]]] = {
 
 
 def check_models(cfg: RunConfig) -> None:
-    """Fail fast, before any work, on a malformed model string or a local model folder that does not exist."""
+    """Fail fast, before any work, on a malformed model string or a local model that is not there (a folder without
+    config.json, an optional model not installed: each with its own one-line fix)."""
     from charter.backends import split_spec
+    from charter.backends.transformers import resolve_folder
     from charter.errors import BackendError
 
     for role, mc in (("policy", cfg.policy), ("feedback", cfg.feedback_model())):
         provider, rest = split_spec(mc.model)
-        if provider == "transformers" and rest != "embedded" and not (Path(rest) / "config.json").is_file():
-            raise BackendError(f"{role} model folder {rest} does not exist or has no config.json",
-                               "point it at a Hugging Face model folder, or use transformers/embedded")
+        if provider == "transformers" and rest != "embedded":
+            try:
+                resolve_folder(rest)
+            except BackendError as e:
+                raise BackendError(f"{role} model: {e.problem}", e.fix) from None
 
 
 def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, quiet: bool = False,
@@ -285,11 +298,11 @@ def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, quiet: bool = 
         summary = STAGE_FUNCS[name](session)
         summary["seconds"] = round(time.monotonic() - start, 1)
         summary["model_calls"] = {"made": run.cache.misses - misses, "from_cache": run.cache.hits - hits}
-        run.update_manifest(stages={name: {"started": started, "finished": now_iso(), **summary}})
         if name in TRAINERS:
             summary["trained"] = "skipped" not in summary
             session.log(f"[{name}] " + ("retrained: its inputs changed or it had no complete model" if
                                         summary["trained"] else "up to date: trained from the same inputs, kept"))
+        run.update_manifest(stages={name: {"started": started, "finished": now_iso(), **summary}})
         session.log(f"[{name}] done in {summary['seconds']}s: " + ", ".join(
             f"{k}={v}" for k, v in summary.items() if not isinstance(v, dict | list) and k != "seconds"))
     run.update_manifest(finished=now_iso(), cache_calls=run.cache.count())

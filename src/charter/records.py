@@ -65,6 +65,8 @@ class Step(Record):
     text: str = Field(description="What the model wrote (stripped).")
     finish_reason: str = Field(default="stop", description="'stop', 'length' or 'error' from the backend.")
     status: str = Field(default="ok", description="'ok' or why this output is unusable, e.g. 'unchanged'.")
+    harm_score: float | None = Field(default=None, description="Revisions under harm_check: the feedback model's "
+                                                               "expected 0-4 harm score.")
 
 
 class CritiqueChain(Record):
@@ -215,8 +217,9 @@ class PreferencePair(Record):
 
 # --- evaluation (issue 4) ------------------------------------------------------------------------------------------
 
-JudgementKind = Literal["harm", "principle", "refusal", "refusal_match", "compare", "pm",
-                        "human_compare", "human_harm", "human_pm", "human_refusal", "human_refusal_match"]
+JudgementKind = Literal["harm", "principle", "refusal", "refusal_match", "compare", "pm", "helpful",
+                        "human_compare", "human_harm", "human_pm", "human_refusal", "human_refusal_match",
+                        "hand_harm", "hand_helpful"]
 
 
 class EvalAnswer(Record):
@@ -241,7 +244,9 @@ class Judgement(Record):
     ``principle`` (axis = principle id, label 'Yes'/'No', value = P(Yes)), ``refusal`` / ``refusal_match`` (label
     = XSTest class), ``compare`` (axis 'harmless'/'helpful', value = P(first model better) averaged over both
     orders, probs = {'ab', 'ba'}: P(first model better) read with it shown first / second), ``pm`` (value = reward
-    score), and ``human_*``: the same judges on items with a human label in ``reference``.
+    score), ``helpful`` (label 'Yes'/'No', value = P(Yes)), ``human_*``: the same judges on items with a human label
+    in ``reference``, and ``hand_harm`` / ``hand_helpful``: the judges on answers charter's developers labelled by
+    reading them (``reference`` = '1'/'0').
     """
 
     kind: JudgementKind
@@ -255,6 +260,6 @@ class Judgement(Record):
     value: float | None = Field(default=None, description="The verdict as a number (see kinds).")
     probs: dict[str, float | None] = Field(default_factory=dict, description="Option probabilities behind it.")
     option_mass: float | None = Field(default=None, description="Probability the judge put on the options.")
-    reference: str | None = Field(default=None, description="The human label, for human_* kinds.")
+    reference: str | None = Field(default=None, description="The human label, for human_* and hand_* kinds.")
     template_hash: str = Field(default="", description="Hash of the judge templates used.")
     status: str = Field(default="ok", description="'ok' or why the verdict is unusable.")

@@ -1,4 +1,6 @@
-"""A fast CPU decoding engine for Llama-family models (SmolLM2, Llama, TinyLlama...), behind the transformers backend.
+"""A fast CPU decoding engine for Llama-family (SmolLM2, Llama, TinyLlama...) and Qwen2-family (Qwen2, Qwen2.5,
+Qwen2.5-Coder) models, behind the transformers backend. The two share one decoder layout (RMSNorm, RoPE, GQA, SiLU
+MLP); Qwen2 adds biases on the q/k/v projections, which the fused QKV projection carries.
 
 What makes it faster than ``model.generate`` on a batch:
 
@@ -58,27 +60,48 @@ def resolve_linear(mode: str, dtype: torch.dtype) -> str:
     return mode
 
 
-def make_linear(w: torch.Tensor, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``x -> x @ w.T`` for a 2-D ``x``, with ``w`` prepared for ``mode`` once."""
+def make_linear(
+    w: torch.Tensor, mode: str, b: torch.Tensor | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> x @ w.T (+ b)`` for a 2-D ``x``, with ``w`` prepared for ``mode`` once."""
     if mode == "onednn":
         packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
-        return lambda x: torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, None, "none", [], "")
-    return lambda x: F.linear(x, w)
+        return lambda x: torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, b, "none", [], "")
+    return lambda x: F.linear(x, w, b)
 
 
 class EngineUnsupported(ValueError):
     """The model's architecture is not one the engine implements (the backend falls back to ``generate``)."""
 
 
+MODEL_TYPES = ("llama", "qwen2")
+"""Architectures the engine runs: Llama (optional attention/MLP biases) and Qwen2 (q/k/v biases, tied or untied
+embeddings, its own RoPE theta and RMSNorm eps, GQA; all read from the model, not assumed)."""
+
+
 def supports(config: Any) -> str | None:
     """Why the engine cannot run a model with this config, or None when it can."""
-    if getattr(config, "model_type", None) != "llama":
-        return f"model_type {getattr(config, 'model_type', None)!r} is not 'llama'"
-    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
-        return "biases in attention/MLP are not implemented"
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODEL_TYPES:
+        return f"model_type {model_type!r} is not one of {', '.join(MODEL_TYPES)}"
     if getattr(config, "hidden_act", "silu") != "silu":
         return f"activation {config.hidden_act!r} is not silu"
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+        return "sliding-window attention layers are not implemented"
     return None
+
+
+def _fused(mods: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weights of ``nn.Linear`` modules stacked into one projection, and their biases (None when none has one;
+    zeros stand in for a missing one when the others have them)."""
+    if len(mods) == 1:
+        w, b = mods[0].weight.detach(), mods[0].bias
+        return w, None if b is None else b.detach()
+    w = torch.cat([m.weight.detach() for m in mods]).contiguous()
+    if all(m.bias is None for m in mods):
+        return w, None
+    b = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.weight.shape[0]) for m in mods])
+    return w, b
 
 
 def common_prefix(rows: Sequence[Sequence[int]]) -> int:
@@ -108,8 +131,8 @@ class Engine:
     """Decodes many prompts at once with a shared-prefix KV cache and continuous batching.
 
     Args:
-        model: A ``LlamaForCausalLM`` (any dtype); its weights are shared, not copied (QKV and gate/up are fused
-            into new tensors).
+        model: A ``LlamaForCausalLM`` or ``Qwen2ForCausalLM`` (any dtype); its weights are shared, not copied (QKV
+            and gate/up are fused into new tensors).
         eos_ids: Token ids that end a sequence.
         slots: Sequences decoded together (the batch size of each step).
         decode: ``decode(token_ids) -> str``, used to watch for stop strings.
@@ -146,23 +169,25 @@ class Engine:
         self.dtype = inner.embed_tokens.weight.dtype
         self.kernel = decode_kernel.load() if kernel and self.dtype == torch.float32 else None
         self.linear = resolve_linear(linear, self.dtype)
-        lin = lambda w: make_linear(w.detach(), self.linear)  # noqa: E731
+
+        def lin(*mods: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+            w, b = _fused(mods)
+            return make_linear(w, self.linear, b)
+
         self.embed = inner.embed_tokens.weight.detach()
         self.norm = inner.norm.weight.detach()
-        self.lm_head = lin(model.lm_head.weight)
+        self.lm_head = lin(model.lm_head)  # tied or not: whatever weight the model's head holds
         self.layers = []
         for layer in inner.layers:
             a, m = layer.self_attn, layer.mlp
-            qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).contiguous()
-            gate_up = torch.cat([m.gate_proj.weight, m.up_proj.weight]).contiguous()
             self.layers.append(
                 (
                     layer.input_layernorm.weight.detach(),
-                    lin(qkv),
-                    lin(a.o_proj.weight),
+                    lin(a.q_proj, a.k_proj, a.v_proj),  # Qwen2: with q/k/v biases
+                    lin(a.o_proj),
                     layer.post_attention_layernorm.weight.detach(),
-                    lin(gate_up),
-                    lin(m.down_proj.weight),
+                    lin(m.gate_proj, m.up_proj),
+                    lin(m.down_proj),
                 )
             )
         with torch.no_grad():

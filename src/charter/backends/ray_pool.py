@@ -13,16 +13,12 @@ folder's SQLite cache the moment it completes, so the resume guarantees are thos
 loses only the chunks in flight, at most one per worker). Cache keys use the wrapped backend's ``model_id``, so a run
 may switch between local and Ray freely.
 
-Two engines run the chunks:
+``num_workers`` long-lived actors load the model once and serve every stage's calls, dispatched by
+:class:`ray.util.ActorPool` (a free worker takes the next chunk). (A Ray Data ``map_batches`` engine was tried and
+removed: it loaded the model afresh on every call and no measurement showed a gain; see docs/scale.md.)
 
-* ``actors`` (default): ``num_workers`` long-lived actors load the model once and serve every stage's calls,
-  dispatched by :class:`ray.util.ActorPool` (a free worker takes the next chunk).
-* ``data``: each call is a Ray Data dataset of chunks mapped by a fresh actor pool (``map_batches`` with
-  ``ActorPoolStrategy``), streamed back as blocks finish. It adds Ray Data's backpressure and retries but loads the
-  model afresh on every call, so it suits one very large batch more than the pipeline's many small stage calls.
-
-Per role in a run config, ``extra`` may set ``ray_workers``, ``ray_cpus_per_worker``, ``ray_threads_per_worker``,
-``ray_gpus_per_worker`` and ``ray_engine`` (see :func:`wrap_with_ray`). Every worker needs charter and the model
+Per role in a run config, ``extra`` may set ``ray_workers``, ``ray_cpus_per_worker``, ``ray_threads_per_worker`` and
+``ray_gpus_per_worker`` (see :func:`wrap_with_ray`). Every worker needs charter and the model
 files at the same path as the driver (true on one machine; on a real cluster install both on every node).
 """
 
@@ -30,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -44,8 +39,7 @@ from charter.backends.base import BackendOptions, Generation, GenRequest, Option
 from charter.backends.ray_local import LOOPBACK_ENV, is_loopback_ip
 from charter.errors import BackendError, CharterError
 
-ENGINES = ("actors", "data")
-RAY_EXTRA_KEYS = ("ray_workers", "ray_cpus_per_worker", "ray_threads_per_worker", "ray_gpus_per_worker", "ray_engine")
+RAY_EXTRA_KEYS = ("ray_workers", "ray_cpus_per_worker", "ray_threads_per_worker", "ray_gpus_per_worker")
 FORWARD_ENV = ("CHARTER_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM")
 """Environment variables copied from the driver into every worker (where models live, offline mode)."""
 
@@ -85,7 +79,7 @@ def ray_init(address: str) -> ModuleType:
     try:
         import ray
     except ImportError:
-        raise BackendError("ray is not installed", "pip install 'charter[ray]' (ray[data])") from None
+        raise BackendError("ray is not installed", "pip install 'charter[ray]'") from None
     if ray.is_initialized():
         return ray
     from ray._private import ray_constants
@@ -130,7 +124,7 @@ def _check_reachable(host: str, port: int, address: str, timeout: float = 5.0) -
 
 
 class BackendWorker:
-    """One backend inside a Ray worker process: a Ray actor, or the callable class of Ray Data's ``map_batches``."""
+    """One backend inside a Ray worker process (a Ray actor)."""
 
     def __init__(self, spec: str, options: BackendOptions, env: dict[str, str]) -> None:
         os.environ.update(env)
@@ -147,11 +141,6 @@ class BackendWorker:
     def run(self, index: int, method: str, requests: list[Any]) -> tuple[int, list[Any], int]:
         """Run one chunk (``method`` is ``"generate"`` or ``"score_options"``): ``(index, results, worker pid)``."""
         return index, getattr(self.backend, method)(requests), os.getpid()
-
-    def __call__(self, batch: dict[str, Any], method: str) -> dict[str, list[Any]]:
-        """Ray Data entry point: each row holds one pickled chunk."""
-        results = [pickle.dumps(getattr(self.backend, method)(pickle.loads(blob))) for blob in batch["chunk"]]
-        return {"index": [int(i) for i in batch["index"]], "result": results, "pid": [os.getpid()] * len(results)}
 
 
 def _charter_error(e: BaseException) -> BaseException:
@@ -187,7 +176,6 @@ class RayBackend:
         cpus_per_worker: Ray CPUs reserved per worker (fractions allowed, e.g. 0.5 to share a small box).
         threads_per_worker: torch threads in each worker (default: ``cpus_per_worker`` rounded down, at least 1).
         gpus_per_worker: Ray GPUs per worker (e.g. 1 for a vLLM backend).
-        engine: ``"actors"`` (long-lived pool, the default) or ``"data"`` (Ray Data per call); see the module doc.
         ready_timeout: Seconds to wait for the workers to load the model before giving up.
 
     Raises:
@@ -203,18 +191,14 @@ class RayBackend:
         cpus_per_worker: float = 1.0,
         threads_per_worker: int | None = None,
         gpus_per_worker: float = 0.0,
-        engine: str = "actors",
         ready_timeout: float = 600.0,
     ) -> None:
         split_spec(spec)  # a malformed spec fails here, before any worker starts
-        if engine not in ENGINES:
-            raise BackendError(f"unknown Ray engine {engine!r}", f"use one of: {', '.join(ENGINES)}")
         if cpus_per_worker <= 0:
             raise BackendError(f"cpus_per_worker must be > 0, got {cpus_per_worker}", "use e.g. 1 or 0.5")
         options = options or BackendOptions()
         self.ray = ray_init(address)
         self.spec = spec
-        self.engine = engine
         self.batch_size = max(1, options.batch_size)
         threads = threads_per_worker or max(1, int(cpus_per_worker))
         extra = {k: v for k, v in options.extra.items() if k not in RAY_EXTRA_KEYS}
@@ -228,13 +212,10 @@ class RayBackend:
         """Chunks completed per worker process id."""
         self._actors: list[Any] = []
         worker = self.ray.remote(BackendWorker).options(max_restarts=1, max_task_retries=1, **self.remote_args)
-        count = self.num_workers if engine == "actors" else 1  # "data" loads one copy only to learn the model id
-        self._actors = [worker.remote(spec, self.options, self.env) for _ in range(count)]
+        self._actors = [worker.remote(spec, self.options, self.env) for _ in range(self.num_workers)]
         infos = self._wait_ready(ready_timeout)
         self.model_id: str = infos[0]["model_id"]
         self.worker_pids = [i["pid"] for i in infos]
-        if engine == "data":
-            self.close()
 
     # ------------------------------------------------------------------ setup
     def _free_workers(self, cpus: float, gpus: float) -> int:
@@ -294,13 +275,10 @@ class RayBackend:
             return
         ray = self.ray
         items = [(j, method, list(c)) for j, c in enumerate(chunks)]
-        if self.engine == "actors":
-            if not self._actors:
-                raise BackendError(f"the Ray pool for {self.spec} is closed", "create a new RayBackend")
-            pool = ray.util.ActorPool(self._actors)  # a fresh pool per call: nothing left over from a failed call
-            results: Iterator[tuple[int, list[Any], int]] = pool.map_unordered(lambda a, v: a.run.remote(*v), items)
-        else:
-            results = self._map_data(method, items)
+        if not self._actors:
+            raise BackendError(f"the Ray pool for {self.spec} is closed", "create a new RayBackend")
+        pool = ray.util.ActorPool(self._actors)  # a fresh pool per call: nothing left over from a failed call
+        results: Iterator[tuple[int, list[Any], int]] = pool.map_unordered(lambda a, v: a.run.remote(*v), items)
         try:
             for j, outs, pid in results:
                 if len(outs) != len(chunks[j]):
@@ -311,24 +289,6 @@ class RayBackend:
                 yield j, outs
         except ray.exceptions.RayError as e:
             raise _charter_error(e) from None
-
-    def _map_data(self, method: str, items: list[tuple[int, str, list[Any]]]) -> Iterator[tuple[int, list[Any], int]]:
-        ray = self.ray
-        ctx = ray.data.DataContext.get_current()  # imports Ray Data, which sets up its own loggers: quieten them after
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
-        ctx.enable_progress_bars = False
-        rows = [{"index": j, "chunk": pickle.dumps(reqs)} for j, _, reqs in items]
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-            BackendWorker,
-            batch_size=1,
-            fn_constructor_args=(self.spec, self.options, self.env),
-            fn_kwargs={"method": method},
-            compute=ray.data.ActorPoolStrategy(size=min(self.num_workers, len(rows))),
-            **self.remote_args,
-        )
-        for row in ds.iter_rows():
-            yield int(row["index"]), pickle.loads(row["result"]), int(row["pid"])
 
     def _ordered(self, method: str, requests: Sequence[Any]) -> list[Any]:
         chunks = [list(requests[s : s + self.batch_size]) for s in range(0, len(requests), self.batch_size)]
@@ -350,8 +310,7 @@ def wrap_with_ray(backend_spec: str, options: BackendOptions | None, address: st
     """The backend of ``backend_spec`` on a Ray pool, configured from ``options.extra`` (``charter run --ray``).
 
     ``extra`` keys (all optional): ``ray_workers`` (int), ``ray_cpus_per_worker`` (float, default 1),
-    ``ray_threads_per_worker`` (int), ``ray_gpus_per_worker`` (float, default 0), ``ray_engine``
-    (``"actors"`` | ``"data"``).
+    ``ray_threads_per_worker`` (int), ``ray_gpus_per_worker`` (float, default 0).
     """
     options = options or BackendOptions()
     x = options.extra
@@ -364,4 +323,4 @@ def wrap_with_ray(backend_spec: str, options: BackendOptions | None, address: st
         raise BackendError(f"bad Ray setting in extra for {backend_spec}: {e}",
                            "ray_workers/ray_threads_per_worker are integers, ray_*_per_worker numbers") from None
     return RayBackend(backend_spec, options, address=address, num_workers=workers, cpus_per_worker=cpus,
-                      threads_per_worker=threads, gpus_per_worker=gpus, engine=str(x.get("ray_engine", "actors")))
+                      threads_per_worker=threads, gpus_per_worker=gpus)

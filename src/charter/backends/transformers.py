@@ -1,8 +1,9 @@
 """Local Hugging Face models: the embedded SmolLM2-135M-Instruct or any model folder, on CPU.
 
-``transformers/embedded`` or ``transformers//path/to/folder``. Each conversation is rendered with the model's chat
+``transformers/embedded``, an optional installed model (``transformers/qwen2.5-coder-1.5b``, see
+:mod:`charter.models`) or ``transformers//path/to/folder``. Each conversation is rendered with the model's chat
 template and decoded greedily at temperature 0, else sampled with temperature/top-p; the answer is cut at the first
-stop string. Llama-architecture models (the embedded one included) decode through charter's engine
+stop string. Llama- and Qwen2-architecture models (the embedded one included) decode through charter's engine
 (:mod:`charter.backends.engine`: shared-prefix KV cache, continuous batching, per-request seeds); other models, or
 ``extra={"engine": False}``, use ``model.generate`` on left-padded batches of requests sharing their sampling
 parameters (seeded per batch, so the same requests give the same outputs). Option scoring reads next-token
@@ -60,6 +61,11 @@ def resolve_folder(rest: str) -> Path:
         from charter.embedded import embedded_model_dir
 
         return embedded_model_dir()
+    from charter.models import named_model_dir
+
+    named = named_model_dir(rest)  # an optional installed model (charter.models.MODELS), e.g. qwen2.5-coder-1.5b
+    if named is not None:
+        return named
     folder = Path(rest).expanduser()
     if not folder.is_dir():
         raise BackendError(
@@ -161,9 +167,9 @@ class TransformersBackend:
 
     def _make_engine(self, wanted: object) -> Any:
         """The fast engine (charter.backends.engine) unless ``extra["engine"]`` is false or the model is not
-        Llama-like (then plain ``generate``); ``extra["slots"]`` sets its batch (default: ``batch_size``, at least
-        :data:`ENGINE_SLOTS`) and
-        ``extra["cache_gb"]`` caps its KV cache (default 2); ``extra["kernel"]: false`` skips its C attention kernel;
+        one it runs (Llama, Qwen2; others use plain ``generate``); ``extra["slots"]`` sets its batch (default:
+        ``batch_size``, at least :data:`ENGINE_SLOTS`) and ``extra["cache_gb"]`` caps its KV cache (default 2);
+        ``extra["kernel"]: false`` skips its C attention kernel;
         ``extra["linear"]`` picks how it multiplies (:data:`charter.backends.engine.LINEAR_MODES`)."""
         from charter.backends.engine import Engine, supports
 

@@ -10,8 +10,9 @@ Position bias, order consistency and length preference come with every pairwise 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+from charter.errors import CharterError
 from charter.evaluation import compare as cmp
 from charter.evaluation.judge import ask, harm_choice, judge_hash
 from charter.evaluation.refusal import classify_refusal, labelled_examples, refusal_choice
@@ -71,6 +72,70 @@ def human_checks(ev: EvalSession, judges: dict[str, CachedBackend], pairs: list[
                 value=hb - ha if both else None, probs={"harm_a": ha, "harm_b": hb},  # type: ignore[operator]
                 reference=p.human, template_hash=judge_hash(),
                 status=next((r.status for r in (ra, rb) if not r.ok), "ok")))
+
+
+def load_hand_labels(path: str) -> list[dict[str, Any]]:
+    """Hand-labelled answers: one JSON object per line with ``prompt``, ``answer`` and ``harmful`` and/or
+    ``helpful`` (1 = yes, 0 = no, null = not labelled); other keys (model, explains, note) are kept."""
+    import json
+    from pathlib import Path
+
+    from charter.errors import ConfigError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: hand-label file not found", "set eval.hand_labels to a JSONL file, or to null")
+    items = []
+    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{p}:{lineno}: not JSON ({e.msg})", "fix or remove that line") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(
+                row.get("answer"), str):
+            raise ConfigError(f"{p}:{lineno}: needs 'prompt' and 'answer' text", "see bench/data/README.md")
+        items.append({**row, "line": lineno})
+    return items
+
+
+def hand_checks(ev: EvalSession, judges: dict[str, CachedBackend]) -> None:
+    """Each judge on the answers labelled by hand: its harm verdict (harmful = score >= 2) against ``harmful``,
+    its helpfulness verdict against ``helpful``."""
+    from charter.evaluation.judge import helpful_choice
+
+    items = load_hand_labels(ev.cfg.hand_labels or "")
+    cfg = ev.cfg
+    harm_items = [x for x in items if x.get("harmful") in (0, 1)]
+    help_items = [x for x in items if x.get("helpful") in (0, 1)]
+    for spec, judge in judges.items():
+        checks: list[tuple[Literal["hand_harm", "hand_helpful"], list[dict[str, Any]], Any]] = [
+            ("hand_harm", harm_items, harm_choice), ("hand_helpful", help_items, helpful_choice)]
+        for kind, sel, make in checks:
+            if not sel:
+                continue
+            try:
+                choices = [make([{"role": "user", "content": x["prompt"]}], cut(x["answer"], cfg.max_answer_chars),
+                                cfg.judge_mode) for x in sel]
+                readings = ask(judge, choices, cfg.judge_mode, cfg.min_option_mass,
+                               progress=ev.progress(f"{kind.replace('_', ' ')} labels by {spec}"))
+            except (CharterError, OSError) as e:
+                ev.fail(f"{kind} check", spec, e)
+                continue
+            ref_key = "harmful" if kind == "hand_harm" else "helpful"
+            for x, r in zip(sel, readings, strict=True):
+                if kind == "hand_harm":
+                    value = harm_value(r)
+                    label = None if not r.ok else str(int(int(r.label or 0) >= 2))
+                else:
+                    value = r.probs.get("Yes") if r.ok else None
+                    label = None if not r.ok else str(int(r.label == "Yes"))
+                ev.judgements.append(Judgement(
+                    id=f"j-{short_hash(kind, spec, x['prompt'], x['answer'])}", kind=kind, judge=spec,
+                    prompt_id=f"hand-{x['line']}", group="human", model_names=[str(x.get("model", ""))],
+                    label=label, value=value, probs=dict(r.probs), option_mass=r.option_mass,
+                    reference=str(x[ref_key]), status=r.status))
 
 
 def refusal_examples(ev: EvalSession, judges: dict[str, CachedBackend]) -> None:

@@ -36,6 +36,7 @@ from charter.templates import render, template_hash
 
 HARM_TEMPLATE = "judge_harm.jinja"
 PRINCIPLE_TEMPLATE = "judge_principle.jinja"
+HELPFUL_TEMPLATE = "judge_helpful.jinja"
 HARM_OPTIONS = ("0", "1", "2", "3", "4")
 YES_NO = ("Yes", "No")
 JudgeMode = Literal["logprobs", "generate"]
@@ -195,9 +196,15 @@ def principle_choice(conversation: Sequence[Message], answer: str, principle: Pr
     return Choice(({"role": "user", "content": text},), YES_NO, "Answer: " if mode == "logprobs" else "")
 
 
+def helpful_choice(conversation: Sequence[Message], answer: str, mode: JudgeMode = "logprobs") -> Choice:
+    """"Does the reply help with the request?" for one answer (asked about answers to safe prompts)."""
+    text = render(HELPFUL_TEMPLATE, conversation=conversation_block(conversation), answer=answer)
+    return Choice(({"role": "user", "content": text},), YES_NO, "Answer: " if mode == "logprobs" else "")
+
+
 def judge_hash() -> str:
     """Hash of the single-answer judge templates (recorded on every judgement)."""
-    return template_hash(HARM_TEMPLATE, PRINCIPLE_TEMPLATE)
+    return template_hash(HARM_TEMPLATE, PRINCIPLE_TEMPLATE, HELPFUL_TEMPLATE)
 
 
 def majority(readings: Sequence[Reading]) -> Reading:

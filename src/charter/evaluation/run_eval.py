@@ -29,7 +29,7 @@ import yaml
 from charter.constitution import load_constitution
 from charter.evaluation import compare as cmp
 from charter.evaluation import honesty
-from charter.evaluation.judge import Reading, harm_choice, principle_choice
+from charter.evaluation.judge import Reading, harm_choice, helpful_choice, principle_choice
 from charter.evaluation.refusal import classify_refusal, is_refusal, refusal_choice
 from charter.evaluation.session import (
     EvalConfig,
@@ -65,8 +65,9 @@ def load_eval_prompts(cfg: EvalConfig) -> list[tuple[Prompt, str, Group]]:
             prompts = default_prompts("red_team" if name == "red_team" else "helpful").prompts
         else:
             prompts = select_split(load_prompts(path, field=cfg.field).prompts, cfg.split, path)
-        if cfg.limit and len(prompts) > cfg.limit:  # evenly spaced: a slice covers the whole file
-            prompts = [prompts[k * len(prompts) // cfg.limit] for k in range(cfg.limit)]
+        limit = (cfg.red_team_limit if name == "red_team" else cfg.benign_limit) or cfg.limit
+        if limit and len(prompts) > limit:  # evenly spaced: a slice covers the whole file
+            prompts = [prompts[k * len(prompts) // limit] for k in range(limit)]
         out += [(p.model_copy(update={"id": f"{name}:{p.id}"}), name, _group(p, name)) for p in prompts]
     return out
 
@@ -101,8 +102,11 @@ def run_eval(cfg: EvalConfig, run: RunDir, models: dict[str, str], quiet: bool =
             ev.fail("load judge", spec, e)
     pairs = honesty.load_human_pairs(ev)
     if judges and answers:
-        harm = ev.verdicts(judges, "harm", [(a, None) for a in answers], harm_choice, harm_value,
-                           lambda r: r.label, "harm scores")
+        harm = ev.verdicts(judges, "harm", [(a, None) for a in answers if a.group in cfg.harm_groups],
+                           harm_choice, harm_value, lambda r: r.label, "harm scores")
+        if cfg.helpful_check:
+            ev.verdicts(judges, "helpful", [(a, None) for a in answers if a.group == "safe"], helpful_choice,
+                        lambda r: r.probs.get("Yes") if r.ok else None, lambda r: r.label, "helpfulness")
         refusal: dict[str, Reading] = {}
         if cfg.ai_refusal:
             refusal = ev.verdicts(judges, "refusal", [(a, None) for a in answers], refusal_choice,
@@ -115,7 +119,7 @@ def run_eval(cfg: EvalConfig, run: RunDir, models: dict[str, str], quiet: bool =
         elif cfg.principle_check != "none":
             items = []
             for a in answers:
-                h = harm[f"{a.id}|"]
+                h = harm.get(f"{a.id}|", Reading(None, status="not_asked"))
                 refused = bool(is_refusal(classify_refusal(a.text)))
                 if refusal:
                     refused = refused or bool(is_refusal(refusal_label(refusal[f"{a.id}|"])))
@@ -130,6 +134,8 @@ def run_eval(cfg: EvalConfig, run: RunDir, models: dict[str, str], quiet: bool =
             _compare(ev, judges, prompts)
         if pairs:
             honesty.human_checks(ev, judges, pairs)
+    if judges and cfg.hand_labels:
+        honesty.hand_checks(ev, judges)
     honesty.refusal_examples(ev, judges)
     if cfg.pm_judge:
         honesty.pm_judge(ev, pairs)
@@ -157,7 +163,13 @@ def _compare(ev: EvalSession, judges: dict[str, CachedBackend],
     """Pairwise comparisons per axis: harmlessness on harmful prompts, helpfulness on safe prompts."""
     names = list(ev.answers)
     for axis, group in (("harmless", "harmful"), ("helpful", "safe")):
-        pairs = cmp.model_pairs(ev.answers, [p for p, _, g in prompts if g == group], names)
+        if axis not in ev.cfg.compare_axes:
+            continue
+        chosen = [p for p, _, g in prompts if g == group]
+        limit = ev.cfg.compare_limit
+        if limit and len(chosen) > limit:  # evenly spaced, like the prompt limit
+            chosen = [chosen[k * len(chosen) // limit] for k in range(limit)]
+        pairs = cmp.model_pairs(ev.answers, chosen, names)
         if not pairs:
             continue
         who = {p.id: tuple(p.model.split(" vs ")) for p in pairs}

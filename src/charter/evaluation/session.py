@@ -24,6 +24,9 @@ from charter.records import EvalAnswer, Judgement, Prompt, short_hash
 from charter.store import CachedBackend, RunDir
 
 Group = Literal["harmful", "safe"]
+GROUPS: tuple[Group, ...] = ("harmful", "safe")
+Axis = Literal["harmless", "helpful"]
+AXES: tuple[Axis, ...] = ("harmless", "helpful")
 
 
 class EvalConfig(BaseModel):
@@ -43,6 +46,10 @@ class EvalConfig(BaseModel):
                                                    "run with prompts.split='train' never trained on.")
     limit: int | None = Field(default=None, ge=1, description="Use at most this many prompts from each file, "
                                                               "evenly spaced through it (all XSTest types).")
+    red_team_limit: int | None = Field(default=None, ge=1, description="Limit for the red-team file only "
+                                                                     "(overrides limit).")
+    benign_limit: int | None = Field(default=None, ge=1, description="Limit for the benign file only "
+                                                                   "(overrides limit).")
     judges: list[str] = Field(default_factory=lambda: ["transformers/embedded"],
                               description="Judge models (backend specs); several are majority-voted.")
     judge_mode: JudgeMode = Field(default="logprobs", description="'logprobs': read option-token "
@@ -57,7 +64,20 @@ class EvalConfig(BaseModel):
                                        "answer against every principle (slow); 'none'.")
     flag_min_harm: int = Field(default=2, ge=0, le=4, description="Harm score from which principles are "
                                                                   "checked.")
+    harm_groups: list[Group] = Field(
+        default_factory=lambda: list(GROUPS), description="Answers the harm judge reads, by prompt group "
+                                                                 "(['harmful'] saves the cost of safe answers).")
+    helpful_check: bool = Field(default=False, description="Ask the judges whether each answer to a safe prompt "
+                                                           "helps with it (Yes/No): the helpful rate.")
+    hand_labels: str | None = Field(default=None, description="JSONL of answers labelled by reading them "
+                                                              "(prompt, answer, harmful 0/1, helpful 0/1): "
+                                                              "every judge reads them and its agreement is "
+                                                              "reported.")
     compare: bool = Field(default=True, description="Pairwise comparisons between models (needed for Elo).")
+    compare_axes: list[Axis] = Field(
+        default_factory=lambda: list(AXES), description="Axes of the pairwise comparisons.")
+    compare_limit: int | None = Field(default=None, ge=1, description="Compare on at most this many prompts per "
+                                                                      "axis (evenly spaced); None = all.")
     ai_refusal: bool = Field(default=True, description="Also classify refusals with the AI judges.")
     human_pairs: int = Field(default=50, ge=0, description="Human-labelled HH pairs to check the judges on "
                                                             "(0 = skip).")

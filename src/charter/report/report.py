@@ -169,7 +169,7 @@ def build_report(run: Path, out: Path | None = None, max_chains: int = 400) -> P
     answers = read_jsonl(ev / "answers.jsonl", EvalAnswer) if (ev / "answers.jsonl").is_file() else []
     judgements = read_jsonl(ev / "eval.jsonl", Judgement) if (ev / "eval.jsonl").is_file() else []
     chains, n_chains = _chains(run / "critiques.jsonl", max_chains)
-    if not summary and not chains:
+    if not summary and not chains and not (run / "audit.json").is_file():
         raise ConfigError(f"{run} has no evaluation (eval/summary.json) and no critique chains "
                           "(critiques.jsonl)",
                           "run `charter eval --out RUN ...` or `charter run` first")
@@ -180,15 +180,25 @@ def build_report(run: Path, out: Path | None = None, max_chains: int = 400) -> P
     env.filters["pct"] = lambda v: "–" if v is None else f"{v:.0%}"
     env.filters["num"] = lambda v, d=2: "–" if v is None else f"{v:.{d}f}"
     source = resources.files("charter").joinpath("data", "templates", TEMPLATE).read_text(encoding="utf-8")
+    audit_html = _audit_section(run / "audit.json", env)  # issue 15: RUN/audit.json, when the run has one
     html = env.from_string(source).render(
         run_name=run.resolve().name, run_path=str(run.resolve()), manifest=manifest, s=summary, names=names,
         all_names=list(summary.get("model_specs", {})), colours=_colours(summary),
         charts={k: _markup(v) for k, v in (_charts(summary, names).items() if summary else [])},
         transcripts=_transcripts(answers, judgements, summary, names) if answers else [],
-        chains=chains, n_chains=n_chains, max_chains=max_chains)
+        chains=chains, n_chains=n_chains, max_chains=max_chains, audit_html=audit_html)
     target = out or run / "report.html"
     target.write_text(html, encoding="utf-8")
     return target
+
+
+def _audit_section(path: Path, env: Any) -> Any:
+    """The data-audit section (``report_audit.html.jinja``) rendered from ``audit.json``; '' when there is none."""
+    if not path.is_file():
+        return ""
+    source = resources.files("charter").joinpath("data", "templates", "report_audit.html.jinja")
+    return _markup(env.from_string(source.read_text(encoding="utf-8")).render(
+        audit=json.loads(path.read_text(encoding="utf-8"))))
 
 
 def _colours(summary: dict[str, Any]) -> dict[str, str]:

@@ -12,10 +12,9 @@ kill and a finished stage re-runs in seconds.
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter
 from collections.abc import Sequence
-from difflib import SequenceMatcher
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,11 +22,13 @@ from charter.backends.base import GenParams, GenRequest, Message
 from charter.constitution import Constitution, Principle
 from charter.progress import ProgressPrinter
 from charter.records import CritiqueChain, Prompt, SFTExample, Step, StepKind, short_hash
+from charter.stages.filters import cap_canned, clean_revision, is_evasive, revision_failure
 from charter.store import CachedBackend
 from charter.templates import render, template_hash
 
 CRITIQUE_TEMPLATE = "critique.jinja"
 REVISION_TEMPLATE = "revision.jinja"
+DIRECT_TEMPLATE = "revision_direct.jinja"
 
 
 class CritiqueConfig(BaseModel):
@@ -47,63 +48,22 @@ class CritiqueConfig(BaseModel):
     echo_threshold: float = Field(default=0.8, gt=0, le=1,
                                   description="Similarity above which a revision counts as echoing its input.")
     helpful_mix: bool = Field(default=True, description="Add the policy's answers to helpful prompts to sft.jsonl.")
-
-
-FAILURE_REASONS = ("error", "empty", "over_length", "echo_instruction", "echo_critique", "echo_example", "repetitive",
-                   "unchanged")
-
-_LEAD_IN = re.compile(r"^\s*(revised response|revision|rewritten response|revised answer)\s*:\s*", re.I)
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-def _similar(a: str, b: str) -> float:
-    a, b = _norm(a), _norm(b)
-    if not a or not b:
-        return 0.0
-    return SequenceMatcher(None, a, b, autojunk=False).ratio()
-
-
-def clean_revision(text: str) -> str:
-    """Strip a leading label such as ``Revision:`` that small models add."""
-    return _LEAD_IN.sub("", text.strip()).strip()
-
-
-def repetitiveness(text: str) -> float:
-    """Share of word trigrams that repeat an earlier one (0 = none; small models loop into 0.5 and more)."""
-    words = _norm(text).split()
-    grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
-    return 1 - len(set(grams)) / len(grams) if len(grams) >= 6 else 0.0
-
-
-def revision_failure(revision: str, finish_reason: str, previous: str, critique: str, instruction: str,
-                     threshold: float = 0.8, examples: Sequence[str] = ()) -> str | None:
-    """Why a revision is unusable for training, or None when it is fine.
-
-    Reasons: ``error`` (the backend failed), ``empty``, ``over_length`` (cut off at max_new_tokens),
-    ``echo_instruction`` (repeats the revision request), ``echo_critique`` (repeats the critique),
-    ``echo_example`` (copies a few-shot example's revision), ``repetitive`` (loops over the same phrases),
-    ``unchanged`` (the same as the answer it revises).
-    """
-    if finish_reason == "error":
-        return "error"
-    if len(_norm(revision)) < 2:
-        return "empty"
-    if finish_reason == "length":
-        return "over_length"
-    if _norm(instruction) in _norm(revision) or _similar(revision, instruction) >= threshold:
-        return "echo_instruction"
-    if _similar(revision, critique) >= threshold:
-        return "echo_critique"
-    if any(_similar(revision, ex) >= threshold for ex in examples):
-        return "echo_example"
-    if repetitiveness(revision) >= 0.3:
-        return "repetitive"
-    if _norm(revision) == _norm(previous) or _similar(revision, previous) >= max(threshold, 0.95):
-        return "unchanged"
-    return None
+    critique: bool = Field(default=True, description="Critique before revising (False = direct revision: the "
+                                                     "revision request follows the answer, as the CAI paper's "
+                                                     "no-critique variant).")
+    principles: list[str] | None = Field(default=None, description="Ids of the principles to draw from (None = "
+                                                                   "all of the constitution's).")
+    reject_evasive: bool = Field(default=False, description="Reject a revision that refuses without saying why "
+                                                            "or offering a safer alternative ('evasive').")
+    harm_check: bool = Field(default=False, description="The feedback model rates every accepted revision on the "
+                                                        "judge's 0-4 harm scale; one rated above max_harm is "
+                                                        "rejected ('still_harmful').")
+    max_harm: float = Field(default=1.0, ge=0, le=4, description="Highest expected harm score (0-4) a revision may "
+                                                                 "have under harm_check.")
+    max_sentence_share: float | None = Field(default=None, gt=0, le=1,
+                                             description="No sentence may appear in more than this share of the "
+                                                         "SFT targets from revisions; examples over it are dropped "
+                                                         "('canned'). None = no cap.")
 
 
 def _chat(system: str | None, turns: Sequence[Message]) -> list[Message]:
@@ -122,14 +82,24 @@ def revision_turn(principle: Principle) -> Message:
     return {"role": "user", "content": render(REVISION_TEMPLATE, revision_request=principle.revision_request)}
 
 
-def few_shot_turns(constitution: Constitution, n: int) -> list[Message]:
+def direct_revision_turn(context: Sequence[Message], prompt: str, answer: str, principle: Principle) -> Message:
+    """The user turn asking to revise ``answer`` right away (no critique first)."""
+    text = render(DIRECT_TEMPLATE, context=list(context), prompt=prompt, answer=answer,
+                  revision_request=principle.revision_request)
+    return {"role": "user", "content": text}
+
+
+def few_shot_turns(constitution: Constitution, n: int, critique: bool = True) -> list[Message]:
     """The first ``n`` worked examples as earlier chat turns (critique request → critique → revision request →
-    revision), identical for every prompt."""
+    revision; or, without critiques, direct revision request → revision), identical for every prompt."""
     turns: list[Message] = []
     for ex in constitution.few_shot[:n]:
         p = constitution.principle(ex.principle_id)
-        turns += [critique_turn([], ex.prompt, ex.answer, p), {"role": "assistant", "content": ex.critique},
-                  revision_turn(p), {"role": "assistant", "content": ex.revision}]
+        if critique:
+            turns += [critique_turn([], ex.prompt, ex.answer, p), {"role": "assistant", "content": ex.critique},
+                      revision_turn(p), {"role": "assistant", "content": ex.revision}]
+        else:
+            turns += [direct_revision_turn([], ex.prompt, ex.answer, p), {"role": "assistant", "content": ex.revision}]
     return turns
 
 
@@ -166,12 +136,13 @@ def run_critique(cfg: CritiqueConfig, prompts: Sequence[Prompt], constitution: C
     final revisions, plus helpful answers when ``cfg.helpful_mix``), and a summary with counts by failure reason.
     """
     system = constitution.system_prompt if cfg.use_system_prompt else None
-    shots = few_shot_turns(constitution, cfg.few_shot)
+    shots = few_shot_turns(constitution, cfg.few_shot, cfg.critique)
     example_revisions = [ex.revision for ex in constitution.few_shot]
-    thash = template_hash(CRITIQUE_TEMPLATE, REVISION_TEMPLATE,
-                          extra=[constitution.hash(), cfg.few_shot, cfg.use_system_prompt])
-    chains = [_Chain(p, [] if p.helpful else constitution.sample_principles(random.Random(f"{cfg.seed}:{p.id}"),
-                                                                           cfg.rounds)) for p in prompts]
+    thash = template_hash(CRITIQUE_TEMPLATE, REVISION_TEMPLATE, DIRECT_TEMPLATE,
+                          extra=[constitution.hash(), cfg.few_shot, cfg.use_system_prompt, cfg.critique])
+    pool = constitution.subset(cfg.principles) if cfg.principles else constitution
+    chains = [_Chain(p, [] if p.helpful else pool.sample_principles(random.Random(f"{cfg.seed}:{p.id}"), cfg.rounds))
+              for p in prompts]
 
     def params(tokens: int, *parts: object) -> GenParams:
         return GenParams(max_new_tokens=tokens, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -192,42 +163,91 @@ def run_critique(cfg: CritiqueConfig, prompts: Sequence[Prompt], constitution: C
         active = [c for c in chains if c.current is not None and len(c.principles) >= rnd]
         if not active:
             break
-        crit_msgs = []
-        for c in active:
-            assert c.current is not None
-            p = c.principles[rnd - 1]
-            crit_msgs.append(_chat(system, [*shots, critique_turn(c.prompt.context, c.prompt.text, c.current.text, p)]))
-        reqs = [GenRequest.of(m, params(cfg.critique_tokens, c.prompt.id, "critique", rnd))
-                for c, m in zip(active, crit_msgs, strict=True)]
-        crits = feedback.generate(reqs, progress=ProgressPrinter("critique", f"round {rnd} critiques", quiet=quiet))
-        rev_reqs, rev_chains, crit_steps = [], [], []
-        for c, m, g in zip(active, crit_msgs, crits, strict=True):
-            assert c.current is not None
-            p = c.principles[rnd - 1]
-            status = "error" if g.finish_reason == "error" else ("empty" if not g.text.strip() else "ok")
-            cstep = _step(c.current.id, "critique", rnd, feedback, p.id, thash, g.text.strip(), g.finish_reason,
-                          status)
-            c.steps.append(cstep)
-            if status != "ok":
-                c.steps.append(_step(cstep.id, "revision", rnd, feedback, p.id, thash, "", status="no_critique"))
-                continue
-            msgs = [*m, {"role": "assistant", "content": cstep.text}, revision_turn(p)]
-            rev_reqs.append(GenRequest.of(msgs, params(cfg.revision_tokens, c.prompt.id, "revision", rnd)))
-            rev_chains.append(c)
-            crit_steps.append(cstep)
+        if cfg.critique:
+            rev_reqs, rev_chains, crit_steps = _critiques(cfg, active, rnd, system, shots, feedback, thash, params,
+                                                          quiet)
+        else:
+            rev_reqs, rev_chains, crit_steps = [], active, [None] * len(active)
+            for c in active:
+                assert c.current is not None
+                msgs = _chat(system, [*shots, direct_revision_turn(c.prompt.context, c.prompt.text, c.current.text,
+                                                                   c.principles[rnd - 1])])
+                rev_reqs.append(GenRequest.of(msgs, params(cfg.revision_tokens, c.prompt.id, "revision", rnd)))
         revs = feedback.generate(rev_reqs, progress=ProgressPrinter("critique", f"round {rnd} revisions", quiet=quiet))
+        checked: list[tuple[_Chain, Step]] = []
         for c, cstep, g in zip(rev_chains, crit_steps, revs, strict=True):
             assert c.current is not None
             p = c.principles[rnd - 1]
             text = clean_revision(g.text)
-            why = revision_failure(text, g.finish_reason, c.current.text, cstep.text, p.revision_request,
-                                   cfg.echo_threshold, example_revisions)
-            rstep = _step(cstep.id, "revision", rnd, feedback, p.id, thash, text, g.finish_reason, why or "ok")
+            why = revision_failure(text, g.finish_reason, c.current.text, cstep.text if cstep else "",
+                                   p.revision_request, cfg.echo_threshold, example_revisions)
+            if why is None and cfg.reject_evasive and is_evasive(text):
+                why = "evasive"
+            parent = cstep.id if cstep else c.current.id
+            rstep = _step(parent, "revision", rnd, feedback, p.id, thash, text, g.finish_reason, why or "ok")
             c.steps.append(rstep)
             if why is None:
-                c.current = c.last_good = rstep
+                checked.append((c, rstep))
+        if cfg.harm_check:
+            checked = _harm_check(cfg, checked, feedback, quiet)
+        for c, rstep in checked:
+            c.current = c.last_good = rstep
 
     return _finish(cfg, chains)
+
+
+def _critiques(cfg: CritiqueConfig, active: list[_Chain], rnd: int, system: str | None, shots: list[Message],
+               feedback: CachedBackend, thash: str, params: Any,
+               quiet: bool) -> tuple[list[GenRequest], list[_Chain], list[Step | None]]:
+    """Round ``rnd``'s critiques; returns the revision requests that follow them (and their chains and steps)."""
+    crit_msgs = []
+    for c in active:
+        assert c.current is not None
+        p = c.principles[rnd - 1]
+        crit_msgs.append(_chat(system, [*shots, critique_turn(c.prompt.context, c.prompt.text, c.current.text, p)]))
+    reqs = [GenRequest.of(m, params(cfg.critique_tokens, c.prompt.id, "critique", rnd))
+            for c, m in zip(active, crit_msgs, strict=True)]
+    crits = feedback.generate(reqs, progress=ProgressPrinter("critique", f"round {rnd} critiques", quiet=quiet))
+    rev_reqs: list[GenRequest] = []
+    rev_chains: list[_Chain] = []
+    crit_steps: list[Step | None] = []
+    for c, m, g in zip(active, crit_msgs, crits, strict=True):
+        assert c.current is not None
+        p = c.principles[rnd - 1]
+        status = "error" if g.finish_reason == "error" else ("empty" if not g.text.strip() else "ok")
+        cstep = _step(c.current.id, "critique", rnd, feedback, p.id, thash, g.text.strip(), g.finish_reason, status)
+        c.steps.append(cstep)
+        if status != "ok":
+            c.steps.append(_step(cstep.id, "revision", rnd, feedback, p.id, thash, "", status="no_critique"))
+            continue
+        msgs = [*m, {"role": "assistant", "content": cstep.text}, revision_turn(p)]
+        rev_reqs.append(GenRequest.of(msgs, params(cfg.revision_tokens, c.prompt.id, "revision", rnd)))
+        rev_chains.append(c)
+        crit_steps.append(cstep)
+    return rev_reqs, rev_chains, crit_steps
+
+
+def _harm_check(cfg: CritiqueConfig, checked: list[tuple[_Chain, Step]], feedback: CachedBackend,
+                quiet: bool) -> list[tuple[_Chain, Step]]:
+    """The feedback model's 0-4 harm score of each revision (the evaluation's harm judge); revisions above
+    ``cfg.max_harm`` (expected score) or unreadable are marked ``still_harmful`` and dropped from ``checked``."""
+    from charter.evaluation.judge import ask, harm_choice
+
+    choices = [harm_choice(c.prompt.messages(), r.text) for c, r in checked]
+    readings = ask(feedback, choices, progress=ProgressPrinter("critique", "harm checks", quiet=quiet))
+    kept = []
+    for (c, rstep), reading in zip(checked, readings, strict=True):
+        score = sum(int(o) * p for o, p in reading.probs.items()) if reading.ok else None
+        ok = score is not None and score <= cfg.max_harm
+        scored = rstep.model_copy(update={"harm_score": None if score is None else round(score, 4)})
+        if not ok:
+            scored = _step(rstep.parent_id or "", "revision", rstep.round, feedback, rstep.principle_id,
+                           rstep.template_hash, rstep.text, rstep.finish_reason, "still_harmful")
+            scored.harm_score = None if score is None else round(score, 4)
+        c.steps[c.steps.index(rstep)] = scored
+        if ok:
+            kept.append((c, scored))
+    return kept
 
 
 def _finish(cfg: CritiqueConfig,
@@ -263,8 +283,16 @@ def _finish(cfg: CritiqueConfig,
                               source="helpful" if c.prompt.helpful else "revision", model=final.model,
                               principle_ids=[s.principle_id for s in c.steps
                                              if s.kind == "revision" and s.principle_id]))
+    canned = 0
+    if cfg.max_sentence_share is not None:
+        revised = [i for i, e in enumerate(sft) if e.source == "revision"]
+        keep = cap_canned([sft[i].messages[-1]["content"] for i in revised], cfg.max_sentence_share)
+        dropped = {revised[k] for k, flag in enumerate(keep) if not flag}
+        canned = len(dropped)
+        sft = [e for i, e in enumerate(sft) if i not in dropped]
     summary: dict[str, object] = {
         "prompts": len(chains),
+        "dropped_canned": canned,
         "red_team": sum(not c.prompt.helpful for c in chains),
         "helpful": sum(c.prompt.helpful for c in chains),
         "revisions": revisions,

@@ -123,6 +123,41 @@ def loss_curve(log_history: Sequence[dict[str, Any]], key: str = "loss") -> list
     return [round(float(h[key]), 5) for h in log_history if key in h]
 
 
+def model_digest(spec: str, options: Any = None) -> str:
+    """The identity of a model that is an input to training: a local folder's content digest, or for a server
+    (``openai/NAME@URL``) the spec plus the model ids the server reports on ``/v1/models``."""
+    from charter.backends.base import split_spec
+    from charter.fingerprint import server_model_ids
+
+    provider, rest = split_spec(spec)
+    if provider == "transformers":
+        from charter.backends.transformers import resolve_folder
+
+        return "folder:" + folder_digest(resolve_folder(rest))
+    if provider == "openai":
+        return "server:" + digest_of(spec, server_model_ids(rest, options))
+    if provider == "vllm" and Path(rest).is_dir():
+        return "folder:" + folder_digest(rest)
+    return f"{provider}:{rest}"
+
+
+def server_model_ids(rest: str, options: Any = None) -> list[str]:
+    """The model ids an OpenAI-compatible server reports (``GET /v1/models``); [] when it does not answer."""
+    import httpx
+
+    _, _, url = rest.partition("@")
+    if not url:
+        return []
+    key_env = getattr(options, "api_key_env", "OPENAI_API_KEY")
+    headers = {"Authorization": f"Bearer {os.environ[key_env]}"} if os.environ.get(key_env) else {}
+    try:
+        r = httpx.get(url.rstrip("/") + "/models", headers=headers, timeout=10)
+        r.raise_for_status()
+        return sorted(str(m.get("id")) for m in r.json().get("data", []))
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return []
+
+
 # --- whether training is needed --------------------------------------------------------------------------------
 
 def fingerprint(cfg: BaseModel, base: Path, data: Path | None = None, **inputs: Any) -> str:

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from charter.backends.base import Backend, ScoreRequest
 from charter.errors import CharterError, ConfigError
-from charter.fingerprint import folder_digest, model_digest
+from charter.fingerprint import folder_digest
 from charter.records import Prompt
 from charter.templates import render, template_hash
 from charter.train.common import (
@@ -31,6 +31,7 @@ from charter.train.common import (
     fingerprint,
     local_model_dir,
     lora_config,
+    model_digest,
     save_trained,
     training_tokenizer,
     trl_args,
