@@ -4,13 +4,8 @@ A reading is the feedback model's next-token probabilities of ``A`` and ``B`` af
 *option mass* is P(A) + P(B). The label stage asks every question in both orders; a reading that carries
 information about the answers must, on average, agree with the reading of the same question with the answers
 swapped. This script labels HH-RLHF harmless pairs (``../shared/data/hh_harmless_dev.jsonl``) with charter's own
-label stage (``label_pairs``, ``min_option_mass=0`` so nothing is dropped) from each *source* of readings, and
-measures, per option-mass bin, how often the two orders agree:
-
-* ``raw``: the two orders pick the same answer (the label stage's ``order_consistency``);
-* ``debiased``: each order's log-odds compared with that order's median over all votes, so a constant position
-  bias (the embedded model's is -0.26, which makes ``raw`` agreement 0) does not hide the information; chance is
-  0.5 by construction.
+label stage (``label_pairs``, ``min_option_mass=0`` so nothing is dropped) from each *source* of readings and
+measures agreement per option-mass bin (criteria below).
 
 Sources (``--sources``), each a backend and label settings a user can choose:
 
@@ -28,12 +23,23 @@ Sources (``--sources``), each a backend and label settings a user can choose:
 Together they put real readings at every option mass, from the failure the floor exists to catch (~0.001) to
 the working path (~0.95).
 
-The floor printed is the lower edge of the lowest mass bin from which every bin upwards agrees better than chance
-(debiased agreement's Wilson 95% lower bound > 0.5 pooled over those bins, and no bin below it does). Calls are
-cached in ``--out`` (charter's call cache), so a re-run is instant and an interrupted one resumes.
+Three criteria, per option-mass bin, each with a Wilson 95% interval:
 
-    .venv/bin/python bench/option_mass.py --n 150                 # the measurement
-    .venv/bin/python bench/option_mass.py --quick                                                 # a tiny run
+* ``raw``: the two orders pick the same answer (the label stage's ``order_consistency``);
+* ``debiased``: the two orders agree once each order's median log-odds is taken off, so a constant position bias
+  (the embedded model's is -0.26, which makes ``raw`` agreement 0) does not hide the information; chance 0.5;
+* ``model``: the reading agrees with the model's own answer read where it should be (the ``transformers`` source,
+  default settings, the same question and order; each debiased by its own medians; chance 0.5) — is the reading
+  the model's answer at all, which is what ``min_option_mass`` is for ("the model would not answer A or B").
+
+The floor is looked for among readings below :data:`FAILURE_RANGE`: the bin edges where the readings at or above
+agree better than chance and those below do not (at least :data:`MIN_SIDE` each side); ``floor`` is the highest such
+edge, ``lowest`` the lowest. Calls are cached in ``--out`` (charter's call cache; the server's ``--port`` is part of
+the openai backend's id, hence fixed), so a re-run is instant and an interrupted one resumes.
+
+    .venv/bin/python bench/option_mass.py --n 150 --sources transformers,llamacpp-chat   # the floor
+    .venv/bin/python bench/option_mass.py --n 60                # every source
+    .venv/bin/python bench/option_mass.py --quick               # a tiny run
 
 The last line of output is one JSON object with every figure.
 """
@@ -120,21 +126,34 @@ def summary(rows: Sequence[tuple[float, str, bool]], crit: str) -> dict[str, Any
     return {"n": n, "agree": round(k / n, 3) if n else None, "ci": list(wilson(k, n))}
 
 
+FAILURE_RANGE = 0.1
+"""Readings below this mass are where the floor is looked for: every one of them here is a fresh-turn reading (the
+lowest reading where the model answers the question, over all sources and settings, is 0.38). Above it, readings
+where the model does answer would make every edge in the empty gap look like a boundary."""
+MIN_SIDE = 20
+"""Fewest readings each side of an edge for it to count."""
+
+
 def agreement_table(rows: Sequence[tuple[float, str, bool]], crit: str) -> dict[str, Any]:
-    """Agreement by option-mass bin for one criterion, and the floor it implies: the lowest bin edge from which
-    the rows at or above agree better than chance (pooled Wilson lower bound > 0.5) while no populated bin below
-    it does on its own (None when no edge qualifies)."""
+    """Agreement by option-mass bin for one criterion, and where it stops being better than chance: among readings
+    below :data:`FAILURE_RANGE`, the bin edges ``e`` such that those at or above ``e`` agree better than chance
+    (Wilson 95% lower bound > 0.5) and those below do not, with at least :data:`MIN_SIDE` readings each side.
+    ``floor`` is the highest such edge (readings below it are no better than chance), ``lowest`` the lowest (the
+    transition lies between them); None when no edge qualifies."""
     bins = [{"lo": lo, "hi": min(hi, 1.0), **summary([x for x in rows if lo <= x[0] < hi], crit)}
             for lo, hi in zip(EDGES[:-1], EDGES[1:], strict=True)]
-    floor = None
-    for i, b in enumerate(bins):
-        if not b["n"]:
-            continue
-        above = summary([x for x in rows if x[0] >= b["lo"]], crit)
-        if above["ci"][0] > 0.5 and all(x["ci"][0] <= 0.5 for x in bins[:i] if x["n"]):
-            floor = b["lo"]
+    low = [x for x in rows if x[0] < FAILURE_RANGE]
+    edges = []
+    for e in EDGES[1:-1]:
+        if e >= FAILURE_RANGE:
             break
-    return {"criterion": crit, "all": summary(rows, crit), "bins": [b for b in bins if b["n"]], "floor": floor}
+        above = summary([x for x in low if x[0] >= e], crit)
+        below = summary([x for x in low if x[0] < e], crit)
+        if min(above["n"], below["n"]) >= MIN_SIDE and above["ci"][0] > 0.5 >= below["ci"][0]:
+            edges.append({"edge": e, "below": below, "above": above})
+    return {"criterion": crit, "all": summary(rows, crit), "bins": [b for b in bins if b["n"]],
+            "floor": edges[-1]["edge"] if edges else None, "lowest": edges[0]["edge"] if edges else None,
+            "edges": edges}
 
 
 def print_table(name: str, t: dict[str, Any]) -> None:
@@ -145,7 +164,13 @@ def print_table(name: str, t: dict[str, Any]) -> None:
         print(f"    mass [{b['lo']:<6g}, {b['hi']:<6g}) n={b['n']:4d}  agree {b['agree']:.3f}  95% CI "
               f"[{b['ci'][0]:.3f}, {b['ci'][1]:.3f}]")
     a = t["all"]
-    print(f"    all: n={a['n']} agree {a['agree']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]; floor: {t['floor']}")
+    print(f"    all: n={a['n']} agree {a['agree']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]")
+    for e in t["edges"]:
+        b, u = e["below"], e["above"]
+        print(f"    edge {e['edge']:g} (readings < {FAILURE_RANGE:g}): below n={b['n']} agree {b['agree']:.3f} "
+              f"[{b['ci'][0]:.3f}, {b['ci'][1]:.3f}]"
+              f", at or above n={u['n']} agree {u['agree']:.3f} [{u['ci'][0]:.3f}, {u['ci'][1]:.3f}]")
+    print(f"    floor (highest such edge): {t['floor']}; lowest: {t['lowest']}")
 
 
 CRITERIA = {"raw": "the two orders pick the same answer",
