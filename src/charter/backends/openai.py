@@ -20,7 +20,8 @@ several matching tokens (``"A"`` and ``" A"``) are summed. An option missing fro
 
 Chat APIs have no standard way to start the assistant turn with a prefix. We send the prefix as a final
 assistant message with vLLM's extra fields ``continue_final_message: true, add_generation_prompt: false``
-(``charter serve`` and llama.cpp's ``llama-server`` honour them too). Score requests also carry
+(``charter serve`` honours them too; other servers may continue a final assistant message on their own — the
+probe below checks what each one does). Score requests also carry
 ``charter_options`` (the option strings): ``charter serve`` then scores exactly those options with the backend's
 ``score_options``; vLLM and llama.cpp ignore the field, but strict servers such as api.openai.com reject unknown
 fields.
