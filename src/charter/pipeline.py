@@ -249,6 +249,13 @@ def stage_eval(s: Session) -> dict[str, Any]:
             "failures": len(summary.get("failures", []))}
 
 
+def stage_oversight(s: Session) -> dict[str, Any]:
+    """The scalable-oversight lab: a weak-to-strong sweep, oversight/results.jsonl."""
+    from charter.oversight.sweep import stage_oversight as run
+
+    return run(s)
+
+
 def stage_report(s: Session) -> dict[str, Any]:
     """The self-contained HTML report: report.html."""
     from charter.report.report import build_report
@@ -261,7 +268,8 @@ TRAINERS = ("sft", "dpo", "rm", "online")
 
 STAGE_FUNCS: dict[str, Callable[[Session], dict[str, Any]]] = {
     "critique": stage_critique, "sft": stage_sft, "sample": stage_sample, "label": stage_label, "rlcd": stage_rlcd,
-    "dpo": stage_dpo, "rm": stage_rm, "online": stage_online, "eval": stage_eval, "report": stage_report,
+    "dpo": stage_dpo, "rm": stage_rm, "online": stage_online, "eval": stage_eval, "oversight": stage_oversight,
+    "report": stage_report,
 }
 
 

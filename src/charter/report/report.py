@@ -169,10 +169,11 @@ def build_report(run: Path, out: Path | None = None, max_chains: int = 400) -> P
     answers = read_jsonl(ev / "answers.jsonl", EvalAnswer) if (ev / "answers.jsonl").is_file() else []
     judgements = read_jsonl(ev / "eval.jsonl", Judgement) if (ev / "eval.jsonl").is_file() else []
     chains, n_chains = _chains(run / "critiques.jsonl", max_chains)
-    if not summary and not chains and not (run / "audit.json").is_file():
-        raise ConfigError(f"{run} has no evaluation (eval/summary.json) and no critique chains "
-                          "(critiques.jsonl)",
-                          "run `charter eval --out RUN ...` or `charter run` first")
+    has_oversight = (run / "oversight" / "results.jsonl").is_file()
+    if not summary and not chains and not has_oversight and not (run / "audit.json").is_file():
+        raise ConfigError(f"{run} has no evaluation (eval/summary.json), no critique chains "
+                          "(critiques.jsonl) and no oversight results (oversight/results.jsonl)",
+                          "run `charter eval --out RUN ...`, `charter run` or `charter oversight` first")
     names = [n for n in summary.get("model_specs", {}) if summary["models"][n]["answers"]]
     manifest = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").is_file() else {}
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
@@ -181,7 +182,10 @@ def build_report(run: Path, out: Path | None = None, max_chains: int = 400) -> P
     env.filters["num"] = lambda v, d=2: "–" if v is None else f"{v:.{d}f}"
     source = resources.files("charter").joinpath("data", "templates", TEMPLATE).read_text(encoding="utf-8")
     audit_html = _audit_section(run / "audit.json", env)  # issue 15: RUN/audit.json, when the run has one
+    from charter.report.oversight import render_section
+
     html = env.from_string(source).render(
+        oversight=render_section(env, run) if has_oversight else None,
         run_name=run.resolve().name, run_path=str(run.resolve()), manifest=manifest, s=summary, names=names,
         all_names=list(summary.get("model_specs", {})), colours=_colours(summary),
         charts={k: _markup(v) for k, v in (_charts(summary, names).items() if summary else [])},

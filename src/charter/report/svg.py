@@ -246,3 +246,50 @@ def dots(rows: Sequence[tuple[str, Interval | None, int]], title: str, name: str
                       "#555"))
     out.append("</svg>")
     return "".join(out)
+
+
+def pgr_plot(rows: Sequence[tuple[str, Interval, int, bool]], title: str, name: str, label_width: int = 340,
+             lo: float = -0.5, hi: float = 1.5) -> str:
+    """PGR per cell with its 95% interval: dashed lines at 0 (the weak supervisor) and 1 (the ceiling).
+
+    A row is ``(label, PGR, colour index, trusted)``; untrusted cells (small gap) are drawn hollow. The axis spans
+    ``[lo, hi]`` widened to the data within [-1, 2]; values beyond the axis are drawn at its edge as arrows."""
+    w, row_h, left, right, top = 760, 24, label_width, 60, 26
+    h = top + len(rows) * row_h + 34
+    pw = w - left - right
+    vals = [v for _, iv, _, _ in rows for v in (iv.value, iv.lo, iv.hi) if v is not None]
+    lo = max(-1.0, min([lo, *vals]))
+    hi = min(2.0, max([hi, *vals]))
+
+    def sx(v: float) -> float:
+        return left + (min(max(v, lo), hi) - lo) / (hi - lo) * pw
+
+    out = [_open(name, w, h, title)]
+    out.append(_t(sx(0), 14, "weak", 11, "middle", "#888"))
+    out.append(_t(sx(1), 14, "ceiling", 11, "middle", "#888"))
+    for v in _nice_ticks(lo, hi, 6):
+        out.append(f'<line x1="{sx(v):.1f}" y1="{top}" x2="{sx(v):.1f}" y2="{h - 28}" stroke="#eee"/>')
+        out.append(_t(sx(v), h - 12, f"{v:g}", 11, "middle", "#666"))
+    for ref in (0.0, 1.0):
+        out.append(f'<line x1="{sx(ref):.1f}" y1="{top - 6}" x2="{sx(ref):.1f}" y2="{h - 28}" stroke="#999" '
+                   'stroke-dasharray="4 3"/>')
+    for r, (label, iv, ci, trusted) in enumerate(rows):
+        y = top + r * row_h + row_h / 2
+        out.append(_t(left - 8, y + 4, label if len(label) <= 46 else label[:45] + "…", 12, "end"))
+        c = colour(ci)
+        if iv.lo is not None and iv.hi is not None:
+            out.append(f'<line class="mark" x1="{sx(iv.lo):.1f}" y1="{y:.1f}" x2="{sx(iv.hi):.1f}" y2="{y:.1f}" '
+                       f'stroke="{c}" stroke-width="2"/>')
+            for e in (iv.lo, iv.hi):
+                if e < lo or e > hi:
+                    d = -6 if e < lo else 6
+                    out.append(f'<path d="M{sx(e) + d:.1f},{y:.1f} L{sx(e):.1f},{y - 4:.1f} L{sx(e):.1f},'
+                               f'{y + 4:.1f} Z" fill="{c}"/>')
+        fill = c if trusted else "#fff"
+        out.append(f'<circle class="mark" cx="{sx(iv.value):.1f}" cy="{y:.1f}" r="5" fill="{fill}" stroke="{c}" '
+                   f'stroke-width="2"><title>{escape(label)}: PGR {_fmt(iv, False)}'
+                   f'{"" if trusted else " (small gap: little meaning)"}</title></circle>')
+        out.append(_t(sx(max(iv.hi if iv.hi is not None else iv.value, iv.value)) + 6, y + 4, f"{iv.value:.2f}",
+                      10, "start", "#555"))
+    out.append("</svg>")
+    return "".join(out)
