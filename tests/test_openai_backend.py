@@ -26,7 +26,8 @@ from charter.store import CachedBackend, CallCache
 
 
 def make_backend(url: str, **opts: Any) -> OpenAIBackend:
-    extra = {"backoff": 0.01, "max_backoff": 0.05}
+    # charter serve and FaultServer continue assistant prefixes: pinned, so no probe requests reach their counts
+    extra = {"backoff": 0.01, "max_backoff": 0.05, "prefix": "continue"}
     options = BackendOptions(**{"timeout": 5.0, "max_retries": 3, "concurrency": 4, **opts}, extra=extra)
     return OpenAIBackend(f"openai/mock@{url}", f"mock@{url}", options)
 

@@ -128,18 +128,24 @@ def _two_options(body: dict[str, Any]) -> list[tuple[str, float]]:
 
 @pytest.mark.parametrize("prefix", ["honours", "always", "ignores"])
 def test_a_server_that_ignores_the_assistant_prefix_is_detected_and_said(prefix: str) -> None:
+    """Probed once per backend; a server that closes the assistant turn is never read at the wrong position: its
+    scores go over /completions with a chat template, and with none at hand the error says how to give one."""
+    from charter.backends.openai import PROBE_USER
+    from charter.errors import BackendError
+
     req = ScoreRequest.of([{"role": "user", "content": "Which is kinder?"}], ("A", "B"), "The answer is: (")
     with chat_server(_two_options, prefix) as (url, seen):
         backend = _backend(url)
-        first = backend.score_options([req, req])
-        again = backend.score_options([req])
-    probes = [b for b in seen if b["messages"][0]["content"] == "Say ok."]
-    assert 2 <= len(probes) <= 3  # checked once per backend, not per request
-    for scores in [*first, *again]:
         if prefix == "ignores":
-            assert scores.logprobs == {} and "ignores continue_final_message" in (scores.error or "")
+            with pytest.raises(BackendError, match="extra.template"):
+                backend.score_options([req, req])
+            assert backend.score_path() == "completions"
         else:
-            assert scores.error is None and scores.probs()["A"] > 0.5
+            first = backend.score_options([req, req])
+            again = backend.score_options([req])
+            assert all(s.error is None and s.probs()["A"] > 0.5 for s in [*first, *again])
+    probes = [b for b in seen if b["messages"][0] == PROBE_USER[0]]
+    assert len(probes) == 3  # checked once per backend, not per request
 
 
 def test_scores_without_a_prefix_need_no_check() -> None:

@@ -88,7 +88,8 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(default=160, ge=1, description="Answer length cap for the models under test.")
     system_prompt: str | None = Field(default=None, description="System prompt for every model under test.")
     max_answer_chars: int = Field(default=1500, ge=50, description="Answers are cut to this for the judges.")
-    min_option_mass: float = Field(default=1e-3, ge=0, lt=1, description="logprobs mode: a reading whose "
+    # 5e-3 as in LabelConfig (derived there: bench/option_mass.py, bench/results-option-mass.txt)
+    min_option_mass: float = Field(default=5e-3, ge=0, lt=1, description="logprobs mode: a reading whose "
                                                                          "options get less is unusable.")
     seed: int = Field(default=0, description="Generation seed and bootstrap seed.")
     bootstrap_rounds: int = Field(default=1000, ge=10, description="Bootstrap resamples for Elo, mean CIs.")

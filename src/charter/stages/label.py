@@ -60,7 +60,10 @@ class LabelConfig(BaseModel):
                                                        "(not with CoT: they show no reasoning).")
     answer_prefix: str = Field(default="The answer is: (", description="Assistant prefix before the option token.")
     cot_answer_prefix: str = Field(default="So the answer is: (", description="Prefix after the CoT reasoning.")
-    min_option_mass: float = Field(default=1e-3, ge=0, lt=1,
+    # 5e-3: below it readings agree with the model's own answer no better than chance (0.53 [0.47, 0.59], n=264;
+    # 0.73 [0.54, 0.86] at or above); bench/option_mass.py --n 150 --sources transformers,llamacpp-chat
+    # (bench/results-option-mass.txt)
+    min_option_mass: float = Field(default=5e-3, ge=0, lt=1,
                                    description="A reading whose options get less total probability is unusable "
                                                "('off_options': the model would not answer A or B).")
     max_length_ratio: float | None = Field(default=None, ge=1,
