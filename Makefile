@@ -44,6 +44,24 @@ bench: setup
 clean:
 	rm -rf $(VENV) runs build *.egg-info
 
+# --- llama.cpp as a peer (issue 12) ---
+# llama-cpp-python (the `llamacpp` extra) is bench/test-only: bench/generate.py times llama.cpp beside the engine and
+# tests/test_llamacpp_server.py runs the openai backend against its server. pip compiles llama.cpp (~5-7 min on 2
+# cores) for this CPU (-march=native); the flags skip what neither the Python package nor its server uses
+# (multimodal mtmd, HTTPS). pip caches the wheel, so another venv on the same machine installs it in seconds.
+LLAMACPP_STAMP := $(VENV)/.llamacpp-installed
+LLAMACPP_CMAKE := -DLLAVA_BUILD=OFF -DLLAMA_OPENSSL=OFF
+
+$(LLAMACPP_STAMP): $(STAMP)
+	CMAKE_ARGS="$(LLAMACPP_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e ".[llamacpp]"
+	touch $(LLAMACPP_STAMP)
+
+.PHONY: llamacpp
+llamacpp: $(LLAMACPP_STAMP)
+
+test: llamacpp
+bench: llamacpp
+
 # Weak-to-strong PGR (issue 13): the full measurement; add --finetune for the fine-tuned 135M student.
 .PHONY: bench-oversight
 bench-oversight: setup

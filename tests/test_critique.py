@@ -168,7 +168,7 @@ def test_direct_revisions_skip_the_critique_and_reject_evasive_harmful_and_canne
 
     def rule(r: GenRequest) -> str:
         last = _last_user(r)
-        if "Write only the rewritten" not in last:
+        if "Write only the new assistant reply" not in last:
             return "Sure, here is exactly how to do it."  # the policy's answer
         n = int(last.split("number ")[1].split("?")[0])
         if n == 0:
@@ -211,3 +211,54 @@ def test_the_canned_sentence_cap_keeps_every_share_under_it() -> None:
     kept = [t for t, k in zip(texts, keep, strict=True) if k]
     assert max(share for _, share in sentence_shares(kept)) <= 0.3
     assert sum(keep) == 4 + 1  # the four different ones and one copy (1 of 5 = 20%; 2 of 6 would be 33%)
+
+
+def test_failed_revisions_are_retried_with_new_seeds_and_only_refusals_accepted_when_required(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    constitution = load_constitution()
+    prompts = _prompts(3, helpful=0)
+    attempts: Counter[str] = Counter()
+
+    def rule(r: GenRequest) -> str:
+        last = _last_user(r)
+        if "Write only the new assistant reply" not in last:
+            return "Sure, here is exactly how to do it."
+        n = last.split("number ")[1].split("?")[0]
+        attempts[n] += 1
+        if n == "0":  # complies every time: never accepted when a refusal is required
+            return f"Here are the steps, try {attempts[n]}: first you pick the lock."
+        if attempts[n] < 3:  # evasive twice, then a refusal that explains
+            return "I'm sorry, but I can't help with that."
+        return "I can't help with breaking in; it's illegal. A locksmith can help if you are locked out."
+
+    be = _cached(MockBackend(rule=rule), tmp_path)
+    cfg = CritiqueConfig(rounds=1, critique=False, reject_evasive=True, require_refusal=True, revision_samples=3)
+    chains, sft, summary = run_critique(cfg, prompts, constitution, be, be, quiet=True)
+    by = {c.prompt.id: [s.status for s in c.steps if s.kind == "revision"] for c in chains}
+    assert by["p0"] == ["not_refusal"] * 3
+    assert by["p1"] == by["p2"] == ["evasive", "evasive", "ok"]
+    assert [e.messages[0]["content"] for e in sft] == [prompts[1].text, prompts[2].text]
+
+
+def test_triage_keeps_only_requests_the_feedback_model_judges_harmful(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from charter.backends.base import ScoreRequest
+    from charter.stages.triage import triage
+
+    def score(r: ScoreRequest) -> dict[str, float]:
+        harmful = "poison" in r.messages[-1]["content"]
+        return {"Yes": 0.95 if harmful else 0.2, "No": 0.05 if harmful else 0.8}
+
+    prompts = [Prompt(id="a", text="How do I poison my neighbour?"), Prompt(id="b", text="What are pranks with a pen?"),
+               Prompt(id="c", text="An untriaged prompt")]
+    be = _cached(MockBackend(score_rule=score), tmp_path)
+    kept, records, summary = triage(prompts, {"a": 0.9, "b": 0.9}, be, quiet=True)
+    assert [p.id for p in kept] == ["a", "c"]
+    assert summary == {"triaged": 2, "kept": 1, "left_out": 1, "unreadable": 0}
+    assert {r["id"]: r["kept"] for r in records} == {"a": True, "b": False}
+
+
+def test_a_helpful_answer_cut_off_at_the_limit_is_trimmed_to_its_last_sentence() -> None:
+    from charter.stages.filters import trim_to_sentence
+
+    text = " ".join(f"word{i}" for i in range(25)) + ". 2. Then the second point is cut off mid"
+    assert trim_to_sentence(text) == " ".join(f"word{i}" for i in range(25)) + "."
+    assert trim_to_sentence("Far too short. Cut") is None

@@ -147,3 +147,58 @@ def test_qwen2_engine_runs_in_bfloat16_and_agrees_with_plain_generate_there(qwen
     plain = b.generate_plain(reqs, _prompts(b, reqs))
     # bf16 rounding depends on the order of operations, so allow one prompt in six to drift
     assert sum(f.text == p.text for f, p in zip(fast, plain, strict=True)) >= 5
+
+
+def test_bf16_option_logits_are_recomputed_in_fp32(qwen2_dir: Path) -> None:
+    """bf16 rounds the head's outputs to ~3 digits (on the 1.5B, P(A) moved in steps of ~0.03); the engine
+    recomputes the named option tokens' logits in fp32 from the last hidden state and leaves the rest alone."""
+    import torch
+
+    bf = _backend(qwen2_dir, dtype="bfloat16")
+    prompts = [bf.encode(bf.render([SYSTEM, {"role": "user", "content": q}])) for q in QUESTIONS]
+    options = [[int(t) for t in torch.randint(0, len(bf.tokenizer), (8,), generator=torch.Generator().manual_seed(i))]
+               for i in range(len(prompts))]
+    rounded = bf.engine.score(prompts)
+    exact = bf.engine.score(prompts, options)
+    for i, ids in enumerate(options):
+        r, e = rounded[i][ids], exact[i][ids]
+        assert torch.equal(r, r.bfloat16().float())  # the head's own outputs are bf16 values
+        assert not torch.equal(e, e.bfloat16().float())  # the recomputed ones carry fp32 digits
+        # the same logits, only finer: apart by what bf16 rounding of the normed hidden state moves (~2^-7 of scale)
+        assert float((e - r).abs().max()) <= 2**-6 * float(rounded[i].abs().max())
+        others = torch.ones(rounded.shape[1], dtype=torch.bool)
+        others[ids] = False
+        assert torch.equal(exact[i][others], rounded[i][others])
+
+
+def test_auto_scores_in_bf16_only_where_the_engine_reads_options_in_fp32(
+    qwen2_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from charter.backends import transformers as tb
+
+    monkeypatch.setattr(tb, "auto_dtype", lambda: "bfloat16")  # as on a CPU with native bf16
+    fast = _backend(qwen2_dir, dtype="auto")
+    assert fast.gen_dtype == fast.score_dtype == "bfloat16"
+    assert fast.score_model is fast.model and fast.score_engine is fast.engine  # no second, fp32 copy
+    plain = _backend(qwen2_dir, dtype="auto", engine=False)
+    assert plain.gen_dtype == "bfloat16" and plain.score_dtype == "float32"
+
+
+def test_bf16_weights_packed_for_onednn_give_the_same_tokens_as_dense(
+    qwen2_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from charter.backends import engine
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this PyTorch has no oneDNN")
+    monkeypatch.setattr(engine, "native_bf16", lambda: True)  # packing is chosen on CPUs with native bf16 only
+    packed = _backend(qwen2_dir, dtype="bfloat16")
+    dense = _backend(qwen2_dir, dtype="bfloat16", linear="dense")
+    assert packed.engine.linear == "onednn" and dense.engine.linear == "dense"
+    prompts = _prompts(packed, _reqs(GenParams()))
+    params = [GenParams(max_new_tokens=12)] * len(prompts)
+    assert packed.engine.run(prompts, params) == dense.engine.run(prompts, params)
+    monkeypatch.setattr(engine, "native_bf16", lambda: False)  # emulated bf16 (AVX2): plain matmuls
+    assert _backend(qwen2_dir, dtype="bfloat16").engine.linear == "dense"

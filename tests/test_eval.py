@@ -316,3 +316,88 @@ def test_report_renders_when_no_human_labels_were_checked(tmp_path: Path, fakes:
     run, summary = make_eval_run(tmp_path, ["fake/judge"], human_pairs=0)
     html = build_report(run.path).read_text()
     assert "Judge honesty" in html or "judge" in html.lower()
+
+
+# --- issue 10, item 7: the judge that trained the model, and bugs that are not model failures -------------------
+
+
+def test_a_judge_that_labelled_the_training_data_is_warned_about_in_run_output_and_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from charter.report.report import build_report
+
+    trained = tmp_path / "rl-run" / "dpo" / "model"  # a model folder a charter run made
+    trained.mkdir(parents=True)
+    (trained.parents[1] / "preferences.jsonl").write_text(json.dumps({"feedback_model": "judge/0"}) + "\n")
+    spec = f"transformers/{trained}"
+
+    def load(s: str, options: Any = None) -> Any:
+        return MockBackend(spec=s, rule=policy("balanced")) if s == spec else fake_load_backend(s)
+
+    monkeypatch.setattr(rv, "load_backend", load)
+    red, benign = write_prompt_files(tmp_path)
+    cfg = EvalConfig(red_team=str(red), benign=str(benign), judges=["judge/0", "judge/0.0"], bootstrap_rounds=50,
+                     human_pairs=0)
+    run = RunDir(tmp_path / "eval-run")
+    s = run_eval(cfg, run, {"base": "fake/base", "rl": spec})
+    mine = [w for w in s["warnings"] if "judge/0 is the feedback model" in w]
+    assert len(mine) == 1 and "rl was trained on" in mine[0]
+    assert not any("judge/0.0 is the feedback model" in w for w in s["warnings"])  # an independent judge
+    assert "WARNING: judge judge/0 is the feedback model" in capsys.readouterr().err
+    assert "judge judge/0 is the feedback model" in build_report(run.path).read_text()
+
+
+class BuggyJudge(MockBackend):
+    """A judge with a bug in charter's own code path (not a model failure)."""
+
+    def score_options(self, requests):  # type: ignore[no-untyped-def]
+        raise TypeError("unsupported operand type(s) for +: 'NoneType' and 'float'")
+
+
+class BuggyModel(MockBackend):
+    def generate(self, requests):  # type: ignore[no-untyped-def]
+        raise KeyError("finish_reason")
+
+
+@pytest.mark.parametrize("where", ["model", "judge"])
+def test_a_bug_inside_a_backend_propagates_instead_of_becoming_a_failed_row(
+        where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def load(spec: str, options: Any = None) -> Any:
+        if spec == "buggy/model":
+            return BuggyModel(spec=spec)
+        if spec == "buggy/judge":
+            return BuggyJudge(spec=spec)
+        return fake_load_backend(spec)
+
+    monkeypatch.setattr(rv, "load_backend", load)
+    models = {"base": "fake/base", "sl": "buggy/model" if where == "model" else "fake/balanced"}
+    with pytest.raises(KeyError if where == "model" else TypeError):
+        make_eval_run(tmp_path, ["buggy/judge" if where == "judge" else "judge/0"], models)
+
+
+def test_model_failures_are_told_apart_from_bugs() -> None:
+    import httpx
+
+    assert rv.model_failure(BackendError("server down", "start it"))
+    assert rv.model_failure(OSError("disk full")) and rv.model_failure(ConnectionResetError())
+    assert rv.model_failure(httpx.InvalidURL("bad url")) and rv.model_failure(MemoryError())
+    assert rv.model_failure(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB"))
+    for bug in (TypeError("x"), KeyError("x"), ValueError("x"), AttributeError("x"), RuntimeError("shape mismatch")):
+        assert not rv.model_failure(bug)
+
+
+def test_the_head_to_head_phase_reports_progress_with_an_eta(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    def load(spec: str, options: Any = None) -> Any:
+        if spec == "slow-judge/x":
+            return MockBackend(spec=spec, score_rule=judge_rule(), delay=0.01)
+        return fake_load_backend(spec)
+
+    monkeypatch.setattr(rv, "load_backend", load)
+    red, benign = write_prompt_files(tmp_path)
+    cfg = EvalConfig(red_team=str(red), benign=str(benign), judges=["slow-judge/x"], bootstrap_rounds=50,
+                     human_pairs=0, batch_size=4, principle_check="none", ai_refusal=False)
+    run_eval(cfg, RunDir(tmp_path / "run"), {"base": "fake/base", "refuser": "fake/refuser"})
+    err = capsys.readouterr().err
+    compare = [x for x in err.splitlines() if x.startswith("[eval] compare harmless")]
+    assert compare, err[-2000:]
+    assert re.search(r"\d+/\d+ \(\d+%\) \[\d\d:\d\d<\d\d:\d\d", compare[-1])  # done/total, elapsed<ETA

@@ -26,7 +26,8 @@ from charter.store import CachedBackend, CallCache
 
 
 def make_backend(url: str, **opts: Any) -> OpenAIBackend:
-    extra = {"backoff": 0.01, "max_backoff": 0.05}
+    # charter serve and FaultServer continue assistant prefixes: pinned, so no probe requests reach their counts
+    extra = {"backoff": 0.01, "max_backoff": 0.05, "prefix": "continue"}
     options = BackendOptions(**{"timeout": 5.0, "max_retries": 3, "concurrency": 4, **opts}, extra=extra)
     return OpenAIBackend(f"openai/mock@{url}", f"mock@{url}", options)
 
@@ -175,8 +176,8 @@ def test_score_options_over_http_continues_the_assistant_prefix() -> None:
     assert scores.error is None
     assert scores.probs()["A"] == pytest.approx(0.9)
     assert (
-        seen[0].messages == req.messages
-    )  # the prefix arrived as the prefix, not as a closed assistant turn
+        seen[-1].messages == req.messages
+    )  # the prefix arrived as the prefix, not as a closed assistant turn (earlier: the backend's prefix check)
 
 
 def test_api_key_is_sent_as_bearer_and_kept_out_of_ids_caches_and_logs(

@@ -108,3 +108,38 @@ def test_majority_vote_breaks_ties_by_probability_and_skips_unusable() -> None:
     assert majority([a, a, b]).label == "A"
     m = majority([bad, bad])
     assert m.label is None and m.status.startswith("no_usable_judge")
+
+
+# --- issue 10, item 8: the classifier's figures come from replies its rules were not written from ---------------
+
+
+def test_the_held_out_set_is_big_disjoint_from_the_rules_development_set_and_covers_every_class() -> None:
+    from charter.evaluation.refusal import heldout_examples
+
+    held, dev = heldout_examples(), labelled_examples()
+    assert len(held) >= 40
+    assert all(sum(e["label"] == c for e in held) >= 8 for c in CLASSES)
+    assert not {e["response"] for e in held} & {e["response"] for e in dev}
+
+
+def test_the_eval_scores_the_string_matcher_on_held_out_replies(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from charter.evaluation.run_eval import EvalConfig, run_eval
+    from charter.report.report import build_report
+    from charter.store import RunDir
+
+    cfg = EvalConfig(judges=[], limit=2, human_pairs=0, bootstrap_rounds=20, ai_refusal=False)
+    run = RunDir(tmp_path / "run")
+    s = run_eval(cfg, run, {"base": "mock/echo"}, quiet=True)
+    sm = s["string_match"]
+    assert sm["accuracy"]["n"] >= 40 and sm["accuracy"]["value"] < 1.0  # not its own 36 examples, 100% by design
+    html = build_report(run.path).read_text()
+    assert "development examples" in html
+
+    from charter.evaluation.refusal import heldout_examples
+
+    held = heldout_examples()
+    right = sum(classify_refusal(e["response"]) == e["label"] for e in held)
+    assert sm["accuracy"]["n"] == len(held) and sm["accuracy"]["k"] == right
+    assert sm["dev_accuracy"]["n"] == len(labelled_examples()) and sm["dev_accuracy"]["value"] == 1.0
+    assert sm["unusable"]["value"] == 0.0 and sm["unusable"]["n"] > len(held)  # counted, not typed in
+    assert f"{right / len(held):.0%}" in html and f"n={len(held)}" in html

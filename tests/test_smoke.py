@@ -13,22 +13,35 @@ from charter.records import CritiqueChain, SFTExample, read_jsonl
 
 @pytest.mark.slow
 def test_quickstart_pipeline_runs_end_to_end_on_the_embedded_model(tmp_path: Path, embedded_dir: Path) -> None:
+    """The quick-start's own critique settings on 12 red-team + 2 helpful prompts, one round, two SFT steps.
+
+    12 prompts because the embedded model's revisions often fail the filters (they echo the critique, loop or run
+    over the length): with these settings 4 of the 12 were accepted both in fp32 and in bf16 (the two dtypes `auto`
+    picks on different CPUs), and 3 and 2 of the first 8 in an earlier check, so at least one accepted revision is
+    expected on any machine."""
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "charter.cli", "run", "examples/quickstart.yaml", "--out", str(run),
            "--set", "stages=[critique, sft]", "--set", "threads=1",
-           "--set", "prompts.red_team_limit=3", "--set", "prompts.helpful_limit=2",
-           "--set", "critique.rounds=1", "--set", "critique.answer_tokens=160", "--set", "critique.critique_tokens=48",
-           "--set", "critique.revision_tokens=96", "--set", "sft.max_steps=2", "--set", "sft.max_length=192"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=Path(__file__).parents[1])
+           "--set", "prompts.red_team_limit=12", "--set", "prompts.helpful_limit=2", "--set", "critique.rounds=1",
+           "--set", "sft.max_steps=2", "--set", "sft.max_length=320"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, cwd=Path(__file__).parents[1])
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"run folder: {run.resolve()}" in out.stdout
     assert "PROMPT" in out.stdout and "CRITIQUE" in out.stdout  # example transcripts printed
     chains = read_jsonl(run / "critiques.jsonl", CritiqueChain)
-    assert len(chains) == 5
+    assert len(chains) == 14
     red = [c for c in chains if not c.prompt.helpful]
     assert all([s.kind for s in c.steps] == ["answer", "critique", "revision"] for c in red)
     assert all(s.text or s.status != "ok" for c in chains for s in c.steps)
     sft = read_jsonl(run / "sft.jsonl", SFTExample)
-    assert sft, "no example was accepted"
+    revised = [e for e in sft if e.source == "revision"]
+    accepted = [c for c in red if c.accepted]
+    assert revised, f"no revision was accepted: {[c.steps[-1].status for c in red]}"  # helpful answers alone do not do
+    assert len(revised) == len(accepted)
+    finals = {c.final_text() for c in accepted}
+    answers = {c.steps[0].text for c in accepted}
+    for e in revised:
+        text = e.messages[-1]["content"]
+        assert text in finals and text not in answers  # the revised text, not the policy's first answer
     assert (run / "sft" / "model" / "model.safetensors").exists()
     assert "[critique]" in out.stderr  # progress lines

@@ -29,15 +29,33 @@ __all__ = ["INHERITED", "QUICKSTART", "STAGES", "ModelConfig", "PromptsConfig", 
            "dump_config", "load_config", "parse_override", "read_yaml"]
 
 
+class PromptFile(BaseModel):
+    """One prompt file of a run, with what to take from it. In YAML a bare path is shorthand for ``{path: PATH}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="The file ('bundled' = charter's own set of that kind).")
+    limit: int | None = Field(default=None, ge=1, description="Take at most this many prompts from this file.")
+    triage: float | None = Field(default=None, gt=0, lt=1,
+                                 description="Red-team files: keep only prompts the feedback model judges to ask "
+                                             "for real help with harm with at least this probability (for files "
+                                             "that mix harmful and harmless requests, like HH-RLHF red-team turns).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+
 class PromptsConfig(BaseModel):
     """Which prompts the SL stage answers."""
 
     model_config = ConfigDict(extra="forbid")
 
-    red_team: str | list[str] | None = Field(
+    red_team: PromptFile | list[PromptFile] | None = Field(
         default=None, description="Red-team prompt file, or a list of files read in order ('bundled' = charter's "
                                   "own set; None = the bundled set).")
-    helpful: str | list[str] | None = Field(
+    helpful: PromptFile | list[PromptFile] | None = Field(
         default=None, description="Helpful prompt file or list of files ('bundled' = charter's own set; None = the "
                                   "bundled set; '' = none).")
     format: str = Field(default="auto", description="'auto', 'jsonl', 'csv', 'txt' or 'hh'.")
@@ -49,6 +67,14 @@ class PromptsConfig(BaseModel):
     split: Literal["all", "train", "eval"] = Field(
         default="all", description="Part of each prompt file to use (charter.splits): 'train' keeps the prompts "
                                    "that evaluation on split='eval' never sees; 'all' = the whole file.")
+
+    def files(self, kind: str) -> list[PromptFile]:
+        """The files of ``kind`` ('red_team' or 'helpful') in order; [] for none."""
+        value = getattr(self, kind)
+        if value is None:
+            return [PromptFile(path="bundled")]
+        items = value if isinstance(value, list) else [value]
+        return [f for f in items if f.path != ""]
 
 
 class ReportConfig(BaseModel):

@@ -55,13 +55,14 @@ class Session:
 
 def load_run_prompts(cfg: RunConfig) -> tuple[list[Prompt], dict[str, Any]]:
     """Red-team + helpful prompts as the config asks; returns them and, per file, what was used, skipped and which
-    part of the split. Prompts repeated across files (same text) are used once."""
+    part of the split. Prompts repeated across files (same text) are used once. Prompts of a red-team file with a
+    ``triage`` threshold are marked in ``info["triage"]`` ({prompt id: threshold}) for the SL stage to sort."""
     from charter.prompts import PromptSet, default_prompts, load_prompts
     from charter.splits import describe as describe_split
     from charter.splits import select as select_split
 
     pc = cfg.prompts
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"triage": {}}
 
     def from_file(path: str, kind: str) -> PromptSet:
         if path == "bundled":
@@ -75,21 +76,20 @@ def load_run_prompts(cfg: RunConfig) -> tuple[list[Prompt], dict[str, Any]]:
     prompts: list[Prompt] = []
     seen_ids: set[str] = set()
     seen_text: set[str] = set()
-    for kind, value, limit in (("red_team", pc.red_team, pc.red_team_limit),
-                               ("helpful", pc.helpful, pc.helpful_limit)):
-        if value == "":
-            continue
-        files = ["bundled"] if value is None else [value] if isinstance(value, str) else list(value)
+    for kind, limit in (("red_team", pc.red_team_limit), ("helpful", pc.helpful_limit)):
         taken = 0
-        for path in files:
-            s = from_file(path, kind)
-            kept = []
+        for entry in pc.files(kind):
+            s = from_file(entry.path, kind)
+            kept: list[Prompt] = []
             for p in s.prompts:
                 key = " ".join(p.text.split()).casefold()
-                if p.id in seen_ids or key in seen_text or (limit is not None and taken >= limit):
+                full = (limit is not None and taken >= limit) or (entry.limit is not None and len(kept) >= entry.limit)
+                if p.id in seen_ids or key in seen_text or full:
                     continue
                 if kind == "helpful":
                     p.helpful = True
+                elif entry.triage is not None:
+                    info["triage"][p.id] = entry.triage
                 seen_ids.add(p.id)
                 seen_text.add(key)
                 kept.append(p)
@@ -98,6 +98,16 @@ def load_run_prompts(cfg: RunConfig) -> tuple[list[Prompt], dict[str, Any]]:
             info[s.source] = {**info.get(s.source, {}), "prompts": len(kept),
                               "skipped": [list(x) for x in s.skipped], "duplicates": s.duplicates, "hash": s.hash()}
     return prompts, info
+
+
+def write_jsonl_dicts(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Plain JSON rows, written atomically (temp file + rename)."""
+    import json
+    import os
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def stage_critique(s: Session) -> dict[str, Any]:
@@ -109,13 +119,24 @@ def stage_critique(s: Session) -> dict[str, Any]:
     cfg = s.cfg
     constitution = load_constitution(cfg.constitution)
     prompts, prompt_info = load_run_prompts(cfg)
+    to_triage = prompt_info.pop("triage")
     audit_run_inputs(cfg, s.run.path, log=s.log)  # issue 15: audit.enabled → RUN/audit.json + warnings, no drops
     s.run.update_manifest(constitution={"name": constitution.name, "version": constitution.version,
                                         "hash": constitution.hash(), "path": cfg.constitution or "(bundled)"},
                           prompts=prompt_info)
     policy = s.backend(cfg.policy)
     feedback = s.backend(cfg.feedback_model())
+    triaged: dict[str, Any] = {}
+    if to_triage:
+        from charter.stages.triage import triage
+
+        prompts, records, triaged = triage(prompts, to_triage, feedback, s.quiet)
+        write_jsonl_dicts(s.run.file("triage.jsonl"), records)
+        s.log(f"[critique] triage: kept {triaged['kept']} of {triaged['triaged']} red-team prompts the feedback "
+              f"model judged harmful enough (triage.jsonl)")
     chains, sft, summary = run_critique(cfg.critique, prompts, constitution, policy, feedback, s.quiet)
+    if triaged:
+        summary["triage"] = triaged
     write_jsonl(s.run.file("critiques.jsonl"), chains)
     write_jsonl(s.run.file("sft.jsonl"), sft)
     return summary
@@ -217,15 +238,12 @@ def stage_rm(s: Session) -> dict[str, Any]:
 
 def stage_online(s: Session) -> dict[str, Any]:
     """GRPO from the SL-CAI model with the reward model (or the feedback model) as reward: online/model."""
-    from charter.backends import load_backend
     from charter.train.online import train_online
 
     cfg = s.cfg.online
     prompts, _ = load_run_prompts(s.cfg)
-    feedback = None
-    if cfg.reward == "feedback":
-        fb = s.cfg.feedback_model()
-        feedback = load_backend(fb.model, fb.options())
+    # the feedback reward's readings go through the run's call cache, like the label stage's
+    feedback = s.backend(s.cfg.feedback_model()) if cfg.reward == "feedback" else None
     rm = Path(cfg.reward_model) if cfg.reward_model else _trained(s, s.cfg.rm.output)
     return train_online(cfg, prompts, s.run.file(cfg.output), cfg.base_model or sl_model(s), rm, feedback)
 

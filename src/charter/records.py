@@ -255,7 +255,9 @@ class Judgement(Record):
     group: str = Field(default="", description="'harmful' / 'safe' for eval answers, 'human' for human items.")
     model_names: list[str] = Field(default_factory=list, description="Model(s) whose answer(s) were judged.")
     answer_ids: list[str] = Field(default_factory=list, description="EvalAnswer id(s) judged, in shown order.")
-    axis: str = Field(default="", description="compare: 'harmless'/'helpful'; principle: the principle id.")
+    axis: str = Field(default="", description="compare: 'harmless'/'helpful'; principle: the principle id; "
+                                              "human_refusal*: 'heldout' or 'dev' (the string matcher's "
+                                              "development examples).")
     label: str | None = Field(default=None, description="The verdict (see kinds); None when unusable.")
     value: float | None = Field(default=None, description="The verdict as a number (see kinds).")
     probs: dict[str, float | None] = Field(default_factory=dict, description="Option probabilities behind it.")

@@ -105,10 +105,19 @@ class ScoreRequest:
 
 @dataclass
 class OptionScores:
-    """Log-probabilities of each option's first token; ``error`` says why they are missing."""
+    """Log-probabilities of each option's first token.
+
+    Attributes:
+        logprobs: Option -> log-probability of its first token.
+        error: Why they are missing.
+        floored: True when at least one option's log-probability is not a reading but a floor (an OpenAI-compatible
+            server lists only its top 20 next tokens; an option outside them gets ``min(top) - 1``). Readers treat
+            such scores as unusable (status ``floored``), never as a confident answer.
+    """
 
     logprobs: dict[str, float]
     error: str | None = None
+    floored: bool = False
 
     def probs(self) -> dict[str, float]:
         """Probabilities normalised over the options only (they sum to 1)."""
@@ -118,6 +127,11 @@ class OptionScores:
         exp = {k: math.exp(v - top) for k, v in self.logprobs.items()}
         total = sum(exp.values())
         return {k: v / total for k, v in exp.items()}
+
+
+FLOORED = ("floored: an option was not among the server's top next tokens, so its log-probability is a floor, "
+           "not a reading")
+"""The status readers give :class:`OptionScores` marked ``floored`` (the reading is unusable)."""
 
 
 @runtime_checkable

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,32 +31,51 @@ import torch.nn.functional as F
 
 import charter.backends.decode_kernel as decode_kernel
 from charter.backends.base import GenParams
+from charter.backends.sampling import draw, generator_for
 
 _FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 """PyTorch's fused CPU attention that also returns log-sum-exps (torch >= 2.3); a plain-matmul path otherwise."""
 
-NUCLEUS_TOPK = 64
-"""Top-p is computed on the 64 most likely tokens when they already hold the nucleus (exact), else on all."""
-
-
 LINEAR_MODES = ("auto", "dense", "onednn")
-"""How the engine's projections multiply: ``dense`` is ``F.linear``; ``onednn`` is the same fp32 product on weights
-pre-packed once for oneDNN (same dtype, another summation order; 1.1-2x faster per matmul on the AVX2 CPU this was
-built on, most on the 49k-row output head at small batches).
+"""How the engine's projections multiply: ``dense`` is ``F.linear``; ``onednn`` is the same product on weights
+pre-packed once for oneDNN (same dtype, another summation order; in fp32 1.1-2x faster per matmul on the AVX2 CPU
+this was built on, most on the 49k-row output head at small batches; in bf16 on CPUs with native bf16, see
+:func:`resolve_linear`).
 
 Not offered: int8 weights. fbgemm's dynamic int8 linear is ~2x faster again here, but it quantises activations per
 *tensor*, so a row's answer would depend on which other rows share its batch (measured: 0 of 6 greedy answers equal
 to ``generate`` on the same int8 model), which breaks the call cache's promise that a request has one answer."""
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), as ``transformers.auto_dtype`` decides."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
 def resolve_linear(mode: str, dtype: torch.dtype) -> str:
-    """The linear mode ``mode`` means for weights of ``dtype`` ("auto": onednn in fp32 when available)."""
+    """The linear mode ``mode`` means for weights of ``dtype`` ("auto": onednn in fp32 when available, and in bf16
+    on CPUs with native bf16 matmuls).
+
+    bf16 packed for oneDNN, measured 2026-12-01 on the 2-core AVX512-BF16 EPYC (contended, 1 thread;
+    bench/results-feedback-model.txt): the engine on Qwen2.5-Coder-1.5B decoded 23.3/25.0 tok/s against 14.1/19.0
+    dense (two alternating rounds, 18 prompts x 32 tokens), every answer token-for-token the same; in
+    bench/feedback_model.py (24 prompts x 96 tokens) 23.9 tok/s packed, 14.9 dense, plain generate 14.2-16.8. The
+    packed copy is held beside the model's own weights (which the plain paths use): the 1.5B's RSS after loading is
+    6.5 GB instead of 3.9 GB; ``extra: {linear: dense}`` saves that."""
     if mode not in LINEAR_MODES:
         raise ValueError(f"unknown linear mode {mode!r}; use one of {', '.join(LINEAR_MODES)}")
     packs = hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
+    if dtype == torch.bfloat16:
+        packs = packs and native_bf16()  # emulated bf16 (AVX2-only CPUs) is not worth packing
+    elif dtype != torch.float32:
+        packs = False
     if mode == "auto":
-        return "onednn" if dtype == torch.float32 and packs else "dense"
-    if mode == "onednn" and (dtype != torch.float32 or not packs):
+        return "onednn" if packs else "dense"
+    if mode == "onednn" and not packs:
         return "dense"
     return mode
 
@@ -68,10 +88,6 @@ def make_linear(
         packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
         return lambda x: torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, b, "none", [], "")
     return lambda x: F.linear(x, w, b)
-
-
-class EngineUnsupported(ValueError):
-    """The model's architecture is not one the engine implements (the backend falls back to ``generate``)."""
 
 
 MODEL_TYPES = ("llama", "qwen2")
@@ -154,8 +170,8 @@ class Engine:
     ) -> None:
         cfg = model.config
         why = supports(cfg)
-        if why:
-            raise EngineUnsupported(why)
+        if why:  # the backend asks supports() first and takes the plain generate path instead
+            raise ValueError(f"the engine cannot run this model: {why}")
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
@@ -177,6 +193,8 @@ class Engine:
         self.embed = inner.embed_tokens.weight.detach()
         self.norm = inner.norm.weight.detach()
         self.lm_head = lin(model.lm_head)  # tied or not: whatever weight the model's head holds
+        self.head_weight = model.lm_head.weight.detach()
+        self.head_bias = None if model.lm_head.bias is None else model.lm_head.bias.detach()
         self.layers = []
         for layer in inner.layers:
             a, m = layer.self_attn, layer.mlp
@@ -230,11 +248,13 @@ class Engine:
         start: int,
         store: tuple[list[torch.Tensor], list[torch.Tensor], int] | None,
         collect: bool = True,
+        hidden: bool = False,
     ) -> tuple[torch.Tensor, list]:
         """Run ``ids`` (positions ``start``...) over the shared prefix KV (if ``start``) and causally over themselves.
 
         Writes their K/V into slot ``store[2]`` of the caches ``store[:2]``, or returns them when ``store`` is None
-        and ``collect``. Returns the logits of the last token and the per-layer ``(K, V)`` of ``ids`` (``[G, n, d]``).
+        and ``collect``. Returns the logits of the last token (its final hidden state ``[1, D]``, before the norm,
+        when ``hidden``) and the per-layer ``(K, V)`` of ``ids`` (``[G, n, d]``).
         """
         n = len(ids)
         x = self.embed[torch.tensor(list(ids))]
@@ -262,6 +282,8 @@ class Engine:
             )
             x = x + o(att[0].transpose(0, 1).reshape(n, -1))
             x = self._mlp(x, w)
+        if hidden:
+            return x[-1:], kvs
         logits = self.lm_head(self._rms(x[-1:], self.norm))[0]
         return logits, kvs
 
@@ -376,21 +398,11 @@ class Engine:
         """Next token per row: argmax when greedy, else a seeded draw with temperature and top-p."""
         picks = logits.argmax(-1).tolist()
         for i, r in enumerate(rows):
-            p = r.params
-            if p.temperature <= 0:
+            if r.params.temperature <= 0:
                 continue
             if r.generator is None:
-                r.generator = torch.Generator().manual_seed(p.seed)
-            probs = torch.softmax(logits[i].float() / p.temperature, dim=-1)
-            if p.top_p < 1.0:
-                top, idx = probs.topk(NUCLEUS_TOPK)
-                if float(top.sum()) < p.top_p:
-                    top, idx = probs.sort(descending=True)
-                keep = (top.cumsum(0) - top) < p.top_p  # smallest set whose mass reaches top_p
-                top, idx = top[keep], idx[keep]
-                picks[i] = int(idx[torch.multinomial(top, 1, generator=r.generator)])
-            else:
-                picks[i] = int(torch.multinomial(probs, 1, generator=r.generator))
+                r.generator = generator_for(r.params)
+            picks[i] = draw(logits[i], r.params, r.generator)
         return picks
 
     def _done(self, r: _Row) -> bool:
@@ -426,19 +438,34 @@ class Engine:
         return self._run(prompts, params, on_token)
 
     @torch.inference_mode()
-    def score(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+    def score(
+        self, prompts: Sequence[Sequence[int]], exact: Sequence[Sequence[int]] | None = None
+    ) -> torch.Tensor:
         """Next-token logits ``[N, V]`` (fp32) after each prompt: the shared prefix is run once, each prompt's
-        suffix once, and only the last position goes through the output head."""
+        suffix once, and only the last position goes through the output head.
+
+        In bf16 the head's outputs are rounded to bf16 (~3 significant digits: steps of 0.125 at logits of 16-32,
+        so P(A) vs P(B) moves in steps of ~0.03 and often ties exactly). ``exact[i]`` names token ids of prompt
+        ``i`` (the options) whose logits are recomputed in fp32 from the last hidden state, normed in fp32: the
+        option readings get fp32 resolution for two dot products each, without an fp32 copy of the model.
+        """
         if not prompts:
             return torch.empty(0, self.embed.shape[0])
         P = min(common_prefix(prompts), min(len(p) for p in prompts) - 1)
         self._set_prefix(list(prompts[0][: max(P, 0)]))
         P = len(self._prefix_ids)
         rows = []
-        for p in prompts:
-            logits, _ = self._prefill(list(p[P:]), P, None, collect=False)
+        for i, p in enumerate(prompts):
+            h, _ = self._prefill(list(p[P:]), P, None, collect=False, hidden=True)
             self.stats["prefill_tokens"] += len(p) - P
-            rows.append(logits.float())
+            logits = self.lm_head(self._rms(h, self.norm))[0].float()
+            if exact is not None and self.dtype != torch.float32 and exact[i]:
+                ids = torch.tensor(list(exact[i]))
+                hf = h.float()
+                hf = self.norm.float() * (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + self.eps))
+                exact_logits = (hf @ self.head_weight[ids].float().T)[0]
+                logits[ids] = exact_logits if self.head_bias is None else exact_logits + self.head_bias[ids].float()
+            rows.append(logits)
         return torch.stack(rows)
 
     def _run(self, prompts: Sequence[Sequence[int]], params: Sequence[GenParams],

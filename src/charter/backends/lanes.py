@@ -93,20 +93,26 @@ class LanesBackend:
             conn = Connection(mine.detach())
             conn.send((spec, rest, lane_options))
             self._lanes.append((proc, conn))
-        for _, conn in self._lanes:
-            self._receive(conn)
+        self._collect([conn for _, conn in self._lanes])
 
-    def _receive(self, conn: Any) -> Any:
-        try:
-            status, value = conn.recv()
-        except EOFError:
+    def _collect(self, conns: Sequence[Any]) -> list[Any]:
+        """The reply of every lane in ``conns``, read from *all* of them before any failure is raised, so no lane
+        is left holding an unread reply that a later call would take for its own."""
+        replies: list[tuple[str, Any]] = []
+        for conn in conns:
+            try:
+                replies.append(conn.recv())
+            except (EOFError, OSError):
+                replies.append(("died", None))
+        if any(status == "died" for status, _ in replies):
             self.close()
             raise BackendError(f"a worker process of {self.spec} died", "check memory (each worker holds the "
-                               "model), or set extra.workers to 1") from None
-        if status == "error":
-            raise BackendError(f"worker of {self.spec} failed: {value}", "run with extra.workers: 1 to see it "
+                               "model), or set extra.workers to 1")
+        failed = next((value for status, value in replies if status == "error"), None)
+        if failed is not None:
+            raise BackendError(f"worker of {self.spec} failed: {failed}", "run with extra.workers: 1 to see it "
                                "in this process")
-        return value
+        return [value for _, value in replies]
 
     def _spread(self, method: str, requests: Sequence[Any], size: Any) -> list[Any]:
         """Deal ``requests`` (longest first) to the lanes in turn, run them at once, and restore their order."""
@@ -118,8 +124,8 @@ class LanesBackend:
         for conn, share in busy:
             conn.send((method, [requests[i] for i in share]))
         out: list[Any] = [None] * len(requests)
-        for conn, share in busy:
-            for i, result in zip(share, self._receive(conn), strict=True):
+        for (_, share), results in zip(busy, self._collect([conn for conn, _ in busy]), strict=True):
+            for i, result in zip(share, results, strict=True):
                 out[i] = result
         return out
 

@@ -15,16 +15,27 @@ rest.
 ``score_options`` asks for one token with ``logprobs=true, top_logprobs=20`` (the OpenAI maximum) and reads
 the options from the top list: a token matches an option when both are equal after stripping whitespace, and
 several matching tokens (``"A"`` and ``" A"``) are summed. An option missing from the top 20 gets the floor
-``min(top) - 1`` (logged and counted in :attr:`OpenAIBackend.floored_options`); when no option is in the top
-20 the result is an error.
+``min(top) - 1`` (logged, counted in :attr:`OpenAIBackend.floored_options` and marked ``floored`` on the
+scores, which readers count as unusable); when no option is in the top 20 the result is an error.
 
 Chat APIs have no standard way to start the assistant turn with a prefix. We send the prefix as a final
 assistant message with vLLM's extra fields ``continue_final_message: true, add_generation_prompt: false``
-(``charter serve`` honours them too; a server that ignores them scores the first token of a fresh assistant
-turn instead, which is wrong for prefixed prompts, so use vLLM, charter serve or the transformers backend
-there). Score requests also carry ``charter_options`` (the option strings): ``charter serve`` then scores
-exactly those options with the backend's ``score_options``; vLLM and llama.cpp ignore the field, but strict
-servers such as api.openai.com reject unknown fields.
+(``charter serve`` honours them too; other servers may continue a final assistant message on their own — the
+probe below checks what each one does). Score requests also carry
+``charter_options`` (the option strings): ``charter serve`` then scores exactly those options with the backend's
+``score_options``; vLLM and llama.cpp ignore the field, but strict servers such as api.openai.com reject unknown
+fields.
+
+A server that ignores those fields (llama-cpp-python's ``python -m llama_cpp.server``) closes the assistant
+message and opens a fresh turn, so the option tokens are not where they are read. ``extra.prefix`` says what to
+do: ``"auto"`` (default) probes the server once per backend (:meth:`OpenAIBackend.probe_prefix`, three one-token
+requests compared by their ``usage.prompt_tokens``) and scores over ``POST /completions`` when the prefix is not
+continued; ``"continue"`` or ``"completions"`` pin the path without a probe. The completions path renders the
+conversation with the model's chat template on the client (:mod:`charter.backends.chat_template`: from
+``extra.template`` — ``embedded``, a ``.gguf`` file or a tokenizer folder — else from the server's ``GET /props``
+when it has one), appends the assistant prefix and reads the top log-probabilities of the next token. The path is
+part of :attr:`OpenAIBackend.model_id` (``…|prefix=completions:<template hash>``), so readings made one way are
+never served from the cache for the other.
 """
 
 from __future__ import annotations
@@ -48,11 +59,20 @@ if TYPE_CHECKING:
     import httpx
 
     from charter.backends.base import BackendOptions
+    from charter.backends.chat_template import ChatTemplate
 
 log = logging.getLogger(__name__)
 
 TOP_LOGPROBS = 20
 """The most next-token alternatives the OpenAI API returns."""
+
+PREFIX_MODES = ("auto", "continue", "completions")
+"""``extra.prefix``: probe the server, or pin chat-with-continuation or completions-over-the-chat-template."""
+
+PROBE_USER = [{"role": "user", "content": "Say yes."}]
+PROBE_PREFIXES = ("Yes.", "Yes. Yes.")
+"""The probe's assistant prefixes: the second adds as many tokens after the first as the first adds after the
+opened assistant turn, unless the server closes the turn (end-of-turn + a new header: more tokens)."""
 
 NO_LOGPROBS_FIX = ("use a server that supports logprobs (vLLM, llama.cpp server, charter serve) "
                    "or the transformers backend")
@@ -100,8 +120,21 @@ class OpenAIBackend:
     def __init__(self, spec: str, rest: str, options: BackendOptions) -> None:
         self.spec = spec
         self.model, self.base_url = parse_rest(rest)
-        self.model_id = f"openai/{self.model}@{self.base_url}"
+        self.base_id = f"openai/{self.model}@{self.base_url}"
+        """The server and model, without the scoring path (see :attr:`model_id`)."""
         self.options = options
+        mode = str(options.extra.get("prefix", "auto"))
+        if mode not in PREFIX_MODES:
+            raise BackendError(f"extra.prefix {mode!r} is not one of {', '.join(PREFIX_MODES)}",
+                               "use auto (probe the server), continue or completions")
+        self.prefix_mode = mode
+        template = options.extra.get("template")
+        self.template_spec: str | None = str(template) if template else None
+        """``extra.template``: where the completions path takes the chat template from (else the server)."""
+        self._path: str | None = None if mode == "auto" else mode
+        self._template: ChatTemplate | None = None
+        self._template_error: BackendError | None = None
+        self._pinned_id: str | None = None
         self.backoff = float(options.extra.get("backoff", 0.5))
         """Seconds before the first retry; doubled each retry (with jitter), capped at ``max_backoff``."""
         self.max_backoff = float(options.extra.get("max_backoff", 30.0))
@@ -111,9 +144,113 @@ class OpenAIBackend:
         self._client: httpx.Client | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()  # the probe itself uses _lock (via _http)
 
     def __repr__(self) -> str:
-        return f"OpenAIBackend({self.model_id!r})"
+        return f"OpenAIBackend({self.base_id!r})"
+
+    @property
+    def model_id(self) -> str:
+        """The cache identity: ``openai/MODEL@URL`` when the server continues assistant prefixes, plus
+        ``|prefix=completions:<template hash>`` when scoring goes through the completions endpoint (``:none`` when
+        no chat template is at hand, so scoring fails). Reading it probes the server once (``extra.prefix: auto``)."""
+        if self._pinned_id is not None:
+            return self._pinned_id
+        if self.score_path() == "continue":
+            return self.base_id
+        template = self._chat_template(required=False)
+        return f"{self.base_id}|prefix=completions:{template.id if template else 'none'}"
+
+    @model_id.setter
+    def model_id(self, value: str) -> None:
+        """Pin the identity (the Protocol's attribute is settable); the probe no longer decides it."""
+        self._pinned_id = value
+
+    def score_path(self) -> str:
+        """``"continue"`` (chat completions continuing the assistant prefix) or ``"completions"``; probed once in
+        ``auto`` mode. A server that cannot be reached is not settled: the next call probes again."""
+        with self._probe_lock:
+            if self._path is not None:
+                return self._path
+            try:
+                continues = self.probe_prefix()
+            except _Retryable as e:
+                log.info("%s: cannot probe assistant-prefix continuation yet (%s)", self.base_url, e)
+                return "continue"
+            if continues is None:
+                log.info("%s: the prefix probe was inconclusive; assuming the server continues an assistant "
+                         "prefix (set extra.prefix to pin the path)", self.base_url)
+            self._path = "completions" if continues is False else "continue"
+            if self._path == "completions":
+                log.info("%s does not continue an assistant prefix: options are scored over /completions with "
+                         "the chat template", self.base_url)
+            return self._path
+
+    def probe_prefix(self) -> bool | None:
+        """Whether the server continues a final assistant message (``continue_final_message``): True, False (it
+        closes the message and opens a fresh turn), or None when it cannot tell (no usage counts, a 4xx answer).
+
+        Three one-token requests: the user turn alone (assistant turn opened), then with the assistant prefixes
+        :data:`PROBE_PREFIXES` continued. A continued prefix adds only its own tokens; a closed one adds the
+        end-of-turn and a new assistant header as well, so the first step grows more than the second.
+        Raises ``_Retryable`` when the server cannot be reached (one try, no backoff)."""
+
+        def prompt_tokens(prefix: str | None) -> int:
+            body: dict[str, Any] = {"model": self.model, "max_tokens": 1, "temperature": 0.0}
+            messages = list(PROBE_USER)
+            if prefix is not None:
+                messages.append({"role": "assistant", "content": prefix})
+                body |= {"continue_final_message": True, "add_generation_prompt": False, "logprobs": True,
+                         "top_logprobs": 1, "charter_options": [prefix.split()[-1]]}
+            body["messages"] = messages
+            try:
+                data = self._attempt(self.base_url + "/chat/completions", body)
+            except BackendError:  # a 4xx: e.g. a strict server refusing the extra fields
+                return 0
+            return int((data.get("usage") or {}).get("prompt_tokens") or 0)
+
+        n0, n1, n2 = (prompt_tokens(p) for p in (None, *PROBE_PREFIXES))
+        if min(n0, n1, n2) <= 0 or n2 <= n1 or n1 <= n0:
+            return None
+        return (n1 - n0) <= (n2 - n1)
+
+    def _chat_template(self, required: bool = True) -> ChatTemplate | None:
+        """The chat template of the completions path: ``extra.template``, else the server's ``GET /props``."""
+        if self._template is None and self._template_error is None:
+            from charter.backends.chat_template import ChatTemplate, load_template
+
+            try:
+                if self.template_spec:
+                    self._template = load_template(self.template_spec)
+                else:
+                    props = self._server_props()
+                    text = props.get("chat_template")
+                    if not isinstance(text, str) or not text:
+                        raise BackendError(
+                            f"{self.base_url} does not continue an assistant prefix (continue_final_message) and "
+                            "does not expose its chat template",
+                            "set extra.template to the served model's GGUF file or tokenizer folder ('embedded' "
+                            "for the embedded model), or serve it with vLLM, llama-server or charter serve")
+                    self._template = ChatTemplate(text, str(props.get("bos_token") or ""),
+                                                  str(props.get("eos_token") or ""), self.base_url + "/props")
+            except BackendError as e:
+                self._template_error = e
+        if self._template is None and required:
+            assert self._template_error is not None
+            raise self._template_error
+        return self._template
+
+    def _server_props(self) -> dict[str, Any]:
+        """llama-server's ``GET /props`` (at the server root), or ``{}`` when the server has none."""
+        import httpx
+
+        root = self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
+        try:
+            resp = self._http().get(root + "/props")
+            data = resp.json() if resp.status_code == 200 else {}
+        except (httpx.HTTPError, json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
     # --- the Protocol ---------------------------------------------------------------------------------------
 
@@ -164,6 +301,8 @@ class OpenAIBackend:
         return gen
 
     def _top_one(self, r: ScoreRequest, k: int, options: Sequence[str] = ()) -> TopTokens:
+        if r.assistant_prefix and self.score_path() == "completions":  # no prefix: any chat server reads it right
+            return self._top_completion(r, k)
         messages = list(r.messages)
         body: dict[str, Any] = {"model": self.model, "max_tokens": 1, "temperature": 0.0, "logprobs": True,
                                 "top_logprobs": k}
@@ -185,6 +324,29 @@ class OpenAIBackend:
             raise BackendError(f"{self.base_url}: server gives no log-probabilities", NO_LOGPROBS_FIX)
         return sorted(pairs, key=lambda t: -t[1])
 
+    def _top_completion(self, r: ScoreRequest, k: int) -> TopTokens:
+        """The top ``k`` next tokens after the chat-templated conversation + assistant prefix (``/completions``)."""
+        template = self._chat_template()
+        assert template is not None
+        body = {"model": self.model, "prompt": template.render(r.messages) + r.assistant_prefix, "max_tokens": 1,
+                "temperature": 0.0, "logprobs": k}
+        data = self._post("/completions", body)
+        try:
+            lp = data["choices"][0].get("logprobs") or {}
+            legacy = lp.get("top_logprobs")  # OpenAI's legacy shape: [{token: logprob, ...}] per position
+            if legacy:
+                pairs = [(str(t), float(v)) for t, v in legacy[0].items()]
+            else:  # the chat shape, as llama-server answers: {"content": [{"top_logprobs": [...]}]}
+                content = lp.get("content") or []
+                pairs = [(str(t["token"]), float(t["logprob"])) for t in (content[0].get("top_logprobs") or [])] \
+                    if content else []
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+            raise BackendError(f"{self.base_url}/completions answered with malformed logprobs",
+                               "check that the server is OpenAI-compatible") from None
+        if not pairs:
+            raise BackendError(f"{self.base_url}/completions gives no log-probabilities", NO_LOGPROBS_FIX)
+        return sorted(pairs, key=lambda t: -t[1])[:k]
+
     def _score_one(self, r: ScoreRequest) -> OptionScores:
         top = self._top_one(r, TOP_LOGPROBS, r.options)
         found: dict[str, float] = {}
@@ -201,9 +363,9 @@ class OpenAIBackend:
         missing = [o for o in r.options if o not in found]
         if missing:
             self.floored_options += len(missing)
-            log.warning("options %s not in the top %d next tokens: floor log-prob %.2f used",
-                        missing, len(top), floor)
-        return OptionScores(logprobs={o: found.get(o, floor) for o in r.options})
+            log.warning("options %s not in the top %d next tokens: floor log-prob %.2f used (reading marked "
+                        "floored)", missing, len(top), floor)
+        return OptionScores(logprobs={o: found.get(o, floor) for o in r.options}, floored=bool(missing))
 
     # --- HTTP with retries ----------------------------------------------------------------------------------
 

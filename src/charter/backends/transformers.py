@@ -6,14 +6,14 @@ template and decoded greedily at temperature 0, else sampled with temperature/to
 stop string. Llama- and Qwen2-architecture models (the embedded one included) decode through charter's engine
 (:mod:`charter.backends.engine`: shared-prefix KV cache, continuous batching, per-request seeds); other models, or
 ``extra={"engine": False}``, use ``model.generate`` on left-padded batches of requests sharing their sampling
-parameters (seeded per batch, so the same requests give the same outputs). Option scoring reads next-token
-log-probabilities from one forward pass, in fp32 unless a dtype is forced.
+parameters. Both paths sample each request from its own generator seeded by its ``GenParams.seed``
+(:mod:`charter.backends.sampling`), so an answer does not depend on which requests shared its batch. Option
+scoring reads next-token log-probabilities from one forward pass, in the generation dtype under "auto" when the
+engine runs the model (its option logits are read in fp32), else in fp32 unless a dtype is forced.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,7 +53,15 @@ def auto_dtype() -> str:
     """What ``dtype="auto"`` means for generation: bf16 only on CPUs with native bf16 matmuls (AVX512-BF16 or AMX).
 
     Without them (e.g. AVX2-only CPUs) PyTorch emulates bf16 and a matmul is 4-8x *slower* than fp32, measured on
-    the 2-core AMD EPYC (AVX2) this was developed on. Scoring always runs in fp32 under "auto".
+    the 2-core AMD EPYC (AVX2) this was developed on.
+
+    Scoring under "auto" runs in this dtype too when charter's engine runs the model (it recomputes the option
+    tokens' logits in fp32 from the last hidden state, :meth:`charter.backends.engine.Engine.score`), else in fp32.
+    Measured 2026-12-01 on a 2-core AVX512-BF16 EPYC (contended, 1 thread), 40 label-style A/B readings of HH pairs
+    (``bench/feedback_model.py --part score``): Qwen2.5-Coder-1.5B bf16 vs fp32 picked the same option 39/40 (the
+    other read 0.4977 vs 0.5003), max |dP(A)| 0.0066, mean 0.0023, at 3.1 vs 6.8 s per reading and 5.3 vs 13.4 GB
+    peak RSS (no second, fp32 copy of the model); with bf16-rounded logits it was 35/40, max 0.025 (bf16 keeps ~3
+    digits: P(A) moved in steps of ~0.03 and tied at exactly 0.5 in 9 of 40). The embedded 135M: 40/40, max 0.029.
     """
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
@@ -166,9 +174,11 @@ class TransformersBackend:
         self.pad_id: int = int(self.tokenizer.pad_token_id)
         self.eos_ids = self._eos_ids()
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+        self.engine = self._make_engine(options.extra.get("engine", True))
+        if options.dtype == "auto" and self.engine is not None:
+            self.score_dtype = self.gen_dtype  # see auto_dtype(): the engine reads option logits in fp32
         same = self.score_dtype == self.gen_dtype
         self._score_model: Any = self.model if same else None
-        self.engine = self._make_engine(options.extra.get("engine", True))
         self._score_engine: Any = self.engine if same else None
         self._lock = threading.Lock()  # the engine keeps per-call state (its cached prefix): one call at a time
 
@@ -276,26 +286,29 @@ class TransformersBackend:
 
     def _generate_batch(self, prompts: list[list[int]], params: list[GenParams]) -> list[Generation]:
         import torch
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        from charter.backends.sampling import SeededSampler
 
         p = params[0]
         ids, mask = self.left_pad(prompts)
-        sample = p.temperature > 0
+        # Greedy decoding for generate; a sampled row is drawn by SeededSampler from its own request's generator,
+        # so it does not depend on its batch-mates (one RNG per batch would).
         cfg = GenerationConfig(
             max_new_tokens=p.max_new_tokens,
-            do_sample=sample,
+            do_sample=False,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_ids,
-            temperature=p.temperature if sample else None,
-            top_p=p.top_p if sample else None,
+            temperature=None,
+            top_p=None,
             top_k=None,
             stop_strings=list(p.stop) or None,
         )
-        if sample:
-            torch.manual_seed(batch_seed([q.seed for q in params]))
+        sampler = LogitsProcessorList([SeededSampler(params)]) if p.temperature > 0 else None
         with torch.inference_mode():
             seqs = self.model.generate(
-                input_ids=ids, attention_mask=mask, generation_config=cfg, tokenizer=self.tokenizer if p.stop else None
+                input_ids=ids, attention_mask=mask, generation_config=cfg, logits_processor=sampler,
+                tokenizer=self.tokenizer if p.stop else None,
             )
         new = seqs[:, ids.shape[1] :].tolist()
         return [self.finish(row, len(prompt), p) for row, prompt in zip(new, prompts, strict=True)]
@@ -318,35 +331,22 @@ class TransformersBackend:
     # ----------------------------------------------------------------- scoring
     @property
     def score_model(self) -> Any:
-        """The model used for option scoring (fp32 unless a dtype was forced), loaded on first use."""
+        """The model used for option scoring (see :func:`auto_dtype`), loaded on first use."""
         if self._score_model is None:
             self._score_model = _load_model(self.folder, self.score_dtype)
         return self._score_model
 
     def option_tokens(self, text: str, options: Sequence[str]) -> tuple[list[int], list[int]]:
-        """The context ids and, per option, the id of its first token as it is tokenised right after ``text``.
+        """The context ids and each option's first token id right after ``text``
+        (:func:`charter.backends.option_tokens.option_first_tokens`)."""
+        from charter.backends.option_tokens import option_first_tokens
 
-        Tokenisers merge across the boundary (``"is: " + "A"`` becomes ``"is:" + " A"``), so the context is
-        cut back to where every ``text + option`` tokenisation departs from the tokens of ``text`` alone.
-        """
-        base = self.encode(text)
-        fulls = []
-        for o in options:
-            if not o:
-                raise BackendError("an empty option cannot be scored", "give each option a character or more")
-            fulls.append(self.encode(text + o))
-        k = len(base)
-        for f in fulls:
-            j = 0
-            while j < min(len(f), len(base)) and f[j] == base[j]:
-                j += 1
-            k = min(k, j)
-        return base[:k], [f[k] for f in fulls]
+        return option_first_tokens(self.encode, text, options)
 
     @property
     def score_engine(self) -> Any:
         """The engine that scores (shared-prefix prefill, last position only): the generation engine, or one on the
-        fp32 scoring model when generation runs in bf16; None for models the engine does not run."""
+        scoring model when a forced dtype differs from generation's; None for models the engine does not run."""
         if self._score_engine is None and self.engine is not None:
             from charter.backends.engine import Engine
 
@@ -363,7 +363,7 @@ class TransformersBackend:
             self._check_length(len(ctx), 1)
         if self.score_engine is not None:
             with self._lock:
-                logits = self.score_engine.score([c for c, _ in prepared])
+                logits = self.score_engine.score([c for c, _ in prepared], [first for _, first in prepared])
             return [
                 OptionScores(logprobs={o: float(row[t]) for o, t in zip(r.options, first, strict=True)})
                 for row, (_, first), r in zip(torch.log_softmax(logits, -1), prepared, requests, strict=True)
@@ -390,7 +390,6 @@ class TransformersBackend:
                 out.append(OptionScores(logprobs=lp))
         return out
 
-
     # ---------------------------------------- token-level outputs (charter.backends.tokens)
     def generate_stream(self, requests: Sequence[GenRequest], on_text: OnText) -> list[Generation]:
         """:meth:`generate`, calling ``on_text(i, delta)`` as each answer grows (see charter.backends.tokens)."""
@@ -404,8 +403,3 @@ class TransformersBackend:
         """The ``k`` most likely next tokens after each prompt + assistant prefix, best first."""
         return hf_top_logprobs(self, requests, k)
 
-
-def batch_seed(seeds: Sequence[int]) -> int:
-    """One torch seed for a batch, derived from its requests' seeds (same requests → same seed)."""
-    digest = hashlib.sha256(json.dumps(list(seeds)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)

@@ -17,7 +17,7 @@ to use vLLM is its server: ``vllm serve MODEL`` and the ``openai`` backend (``op
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from charter.backends.base import (
     OptionScores,
     ScoreRequest,
 )
+from charter.backends.option_tokens import option_first_tokens
 from charter.errors import BackendError
 
 NOT_AVAILABLE_FIX = ("pip install vllm on a machine with a CUDA GPU, or run `vllm serve MODEL` there and use "
@@ -43,28 +44,6 @@ def _import_vllm() -> Any:
         raise BackendError(f"vllm is not installed or cannot be imported here ({e}); it needs a GPU",
                            NOT_AVAILABLE_FIX) from None
     return vllm
-
-
-def option_first_tokens(encode: Callable[[str], list[int]], text: str,
-                        options: Sequence[str]) -> tuple[list[int], list[int]]:
-    """The context ids and each option's first token id as tokenised right after ``text`` (tokenisers merge across
-    the boundary, so the context is cut back to where every ``text + option`` departs from ``text`` alone)."""
-    base = encode(text)
-    fulls = []
-    for o in options:
-        if not o:
-            raise BackendError("an empty option cannot be scored", "give every option at least one character")
-        fulls.append(encode(text + o))
-    k = len(base)
-    for f in fulls:
-        j = 0
-        while j < min(len(f), len(base)) and f[j] == base[j]:
-            j += 1
-        k = min(k, j)
-    if any(len(f) <= k for f in fulls):
-        raise BackendError(f"an option of {list(options)} adds no token after the prompt",
-                           "use options that start with a visible character, e.g. 'A' and 'B'")
-    return base[:k], [f[k] for f in fulls]
 
 
 class VLLMBackend:

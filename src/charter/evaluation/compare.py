@@ -23,6 +23,7 @@ from charter.evaluation.elo import Outcome
 from charter.evaluation.judge import AnyBackend, Choice, JudgeMode, ask
 from charter.records import AnswerPair, EvalAnswer, LabeledPair, Prompt, Vote, short_hash
 from charter.stages.label import CHOICE_TEMPLATE, LabelConfig, choice_messages, label_stats
+from charter.store import Progress
 from charter.templates import template_hash
 
 QUESTIONS_FILE = "eval_questions.yaml"
@@ -64,10 +65,11 @@ def model_pairs(answers: dict[str, dict[str, EvalAnswer]], prompts: Sequence[Pro
 
 
 def judge_pairs(judge: AnyBackend, pairs: Sequence[AnswerPair], axis: str, mode: JudgeMode = "logprobs",
-                min_mass: float = 1e-3, max_chars: int = 1500) -> list[LabeledPair]:
+                min_mass: float = 1e-3, max_chars: int = 1500, progress: Progress | None = None) -> list[LabeledPair]:
     """Ask ``judge`` the ``axis`` question about every pair in both orders; ``p_a`` is P(A better) averaged.
 
     Pairs whose answers are identical are ties (``p_a`` = 0.5, status ``identical``) and cost no call.
+    ``progress(done, total)`` is called as the readings come in (when ``judge`` is a CachedBackend).
     """
     question = questions()[axis]
     prefix = LabelConfig().answer_prefix if mode == "logprobs" else ""
@@ -79,7 +81,7 @@ def judge_pairs(judge: AnyBackend, pairs: Sequence[AnswerPair], axis: str, mode:
         for first, second in ((a, b), (b, a)):
             msgs = choice_messages(p.prompt.messages(), question, first, second, [])
             choices.append(Choice(tuple(msgs), OPTIONS, prefix))
-    readings = ask(judge, choices, mode, min_mass)
+    readings = ask(judge, choices, mode, min_mass, progress=progress)
     by_id: dict[str, LabeledPair] = {}
     for k, p in enumerate(live):
         ab, ba = readings[2 * k], readings[2 * k + 1]

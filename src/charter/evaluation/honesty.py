@@ -2,7 +2,8 @@
 
 * pairwise judge and harm judge on HH-RLHF ``chosen``/``rejected`` pairs (the human preferred ``chosen`` as
   less harmful): does the judge pick it, does the harm score rank it lower;
-* the AI refusal classifier (and the string matcher) on charter's hand-labelled refusal examples;
+* the AI refusal classifier and the string matcher on charter's hand-labelled refusal examples (held out from the
+  matcher's rules; its development set is scored too, and shown as such);
 * the preference-model judge (a reward model) on the same human pairs, and its score for every answer.
 
 Position bias, order consistency and length preference come with every pairwise run (:mod:`.compare`).
@@ -15,8 +16,8 @@ from typing import Any, Literal
 from charter.errors import CharterError
 from charter.evaluation import compare as cmp
 from charter.evaluation.judge import ask, harm_choice, judge_hash
-from charter.evaluation.refusal import classify_refusal, labelled_examples, refusal_choice
-from charter.evaluation.session import EvalSession, cut, harm_value, refusal_label, refusal_value
+from charter.evaluation.refusal import classify_refusal, heldout_examples, labelled_examples, refusal_choice
+from charter.evaluation.session import EvalSession, cut, harm_value, model_failure, refusal_label, refusal_value
 from charter.records import AnswerPair, Judgement, LabeledPair, short_hash
 from charter.store import CachedBackend
 
@@ -49,12 +50,14 @@ def human_checks(ev: EvalSession, judges: dict[str, CachedBackend], pairs: list[
     for spec, judge in judges.items():
         try:
             labeled = cmp.judge_pairs(judge, pairs, "harmless", cfg.judge_mode, cfg.min_option_mass,
-                                      cfg.max_answer_chars)
+                                      cfg.max_answer_chars, progress=ev.progress(f"human-pair comparisons by {spec}"))
             choices = [harm_choice(p.prompt.messages(), cut(t, cfg.max_answer_chars), cfg.judge_mode)
                        for p in pairs for t in (p.a, p.b)]
             harms = ask(judge, choices, cfg.judge_mode, cfg.min_option_mass,
                         progress=ev.progress(f"human-pair harm scores by {spec}"))
         except Exception as e:
+            if not model_failure(e):
+                raise
             ev.fail("human-pair check", spec, e)
             continue
         ev.extra["compare"].setdefault(spec, {})["human"] = cmp.pair_stats(labeled)
@@ -139,27 +142,33 @@ def hand_checks(ev: EvalSession, judges: dict[str, CachedBackend]) -> None:
 
 
 def refusal_examples(ev: EvalSession, judges: dict[str, CachedBackend]) -> None:
-    """The string matcher and each AI judge on the bundled hand-labelled refusal examples."""
-    examples = labelled_examples()
-    for k, ex in enumerate(examples):
-        ev.judgements.append(Judgement(
-            id=f"j-{short_hash('human_refusal_match', k, ex['response'])}", kind="human_refusal_match",
-            judge="string-match", prompt_id=f"refusal-example-{k}", group="human",
-            label=classify_refusal(ex["response"]), reference=ex["label"]))
+    """The string matcher and each AI judge on the bundled hand-labelled refusal examples: the held-out set
+    (``axis="heldout"``, where accuracy is measured) and the matcher's development set (``axis="dev"``)."""
+    sets = [("heldout", heldout_examples()), ("dev", labelled_examples())]
+    for axis, examples in sets:
+        for k, ex in enumerate(examples):
+            ev.judgements.append(Judgement(
+                id=f"j-{short_hash('human_refusal_match', axis, k, ex['response'])}", kind="human_refusal_match",
+                judge="string-match", prompt_id=f"refusal-{axis}-{k}", group="human", axis=axis,
+                label=classify_refusal(ex["response"]), reference=ex["label"]))
     if not ev.cfg.ai_refusal:
         return
+    items = [(axis, k, ex) for axis, examples in sets for k, ex in enumerate(examples)]
     for spec, judge in judges.items():
         try:
             choices = [refusal_choice([{"role": "user", "content": ex["prompt"]}], ex["response"],
-                                      ev.cfg.judge_mode) for ex in examples]
-            readings = ask(judge, choices, ev.cfg.judge_mode, ev.cfg.min_option_mass)
+                                      ev.cfg.judge_mode) for _, _, ex in items]
+            readings = ask(judge, choices, ev.cfg.judge_mode, ev.cfg.min_option_mass,
+                           progress=ev.progress(f"hand-labelled refusals by {spec}"))
         except Exception as e:
+            if not model_failure(e):
+                raise
             ev.fail("refusal examples", spec, e)
             continue
-        for k, (ex, r) in enumerate(zip(examples, readings, strict=True)):
+        for (axis, k, ex), r in zip(items, readings, strict=True):
             ev.judgements.append(Judgement(
-                id=f"j-{short_hash('human_refusal', spec, k, ex['response'])}", kind="human_refusal",
-                judge=spec, prompt_id=f"refusal-example-{k}", group="human", label=refusal_label(r),
+                id=f"j-{short_hash('human_refusal', spec, axis, k, ex['response'])}", kind="human_refusal",
+                judge=spec, prompt_id=f"refusal-{axis}-{k}", group="human", axis=axis, label=refusal_label(r),
                 value=refusal_value(r), probs=dict(r.probs), option_mass=r.option_mass,
                 reference=ex["label"], status=r.status))
 
@@ -172,10 +181,13 @@ def pm_judge(ev: EvalSession, pairs: list[AnswerPair]) -> None:
     answers = ev.ok_answers()
     try:
         pm = PreferenceModel(spec, batch_size=ev.cfg.batch_size, threads=ev.cfg.threads, cache=ev.run.cache)
-        scores = pm.score([[*a.prompt.messages(), {"role": "assistant", "content": a.text}] for a in answers])
+        scores = pm.score([[*a.prompt.messages(), {"role": "assistant", "content": a.text}] for a in answers],
+                          progress=ev.progress(f"preference-model scores by {spec}"))
         hs = pm.score([[*p.prompt.messages(), {"role": "assistant", "content": t}]
                        for p in pairs for t in (p.a, p.b)])
     except Exception as e:
+        if not model_failure(e):
+            raise
         ev.fail("preference-model judge", spec, e)
         return
     for a, s in zip(answers, scores, strict=True):

@@ -5,7 +5,8 @@ mode the answer is read from the next-token probabilities of the option tokens a
 (``Harm score: ``), normalised over the options; in ``generate`` mode (for servers without log-probabilities)
 the judge writes a short reply and the first option it names is taken. A reading is *unusable* — recorded with
 its reason and counted in the judge's unparseable rate, never turned into a default — when the backend fails,
-an option is missing, the options get almost none of the probability (``off_options``: the judge would not
+an option is missing, an option's log-probability is only a floor (``floored``: the server did not list it among
+its top next tokens), the options get almost none of the probability (``off_options``: the judge would not
 answer in the format), or a generated reply names no option. Several judges are majority-voted (ties broken by
 their summed probabilities).
 """
@@ -21,6 +22,7 @@ from functools import partial
 from typing import Literal
 
 from charter.backends.base import (
+    FLOORED,
     Backend,
     Generation,
     GenParams,
@@ -67,7 +69,7 @@ class Reading:
             unusable.
         probs: Probabilities over the options (one-hot in generate mode); empty if unusable.
         option_mass: Total probability the judge put on the option tokens (logprobs mode).
-        status: ``"ok"`` or why the reading is unusable (``backend_error: ...``, ``off_options``,
+        status: ``"ok"`` or why the reading is unusable (``backend_error: ...``, ``floored``, ``off_options``,
             ``unparseable``).
         raw: The judge's reply in generate mode.
     """
@@ -92,6 +94,8 @@ def reading_from_scores(scores: OptionScores, options: Sequence[str], min_mass: 
     """Turn option log-probabilities into a :class:`Reading` (unusable, with the reason, when they are)."""
     if scores.error:
         return Reading(None, status=f"backend_error: {scores.error}")
+    if scores.floored:
+        return Reading(None, status=FLOORED)
     lp = scores.logprobs
     if any(o not in lp or not math.isfinite(lp[o]) for o in options):
         return Reading(None, status=f"missing_option: got {sorted(lp)}")
@@ -179,13 +183,6 @@ def harm_choice(conversation: Sequence[Message], answer: str, mode: JudgeMode = 
     text = render(HARM_TEMPLATE, conversation=conversation_block(conversation), answer=answer)
     return Choice(({"role": "user", "content": text},), HARM_OPTIONS,
                   "Harm score: " if mode == "logprobs" else "")
-
-
-def expected_harm(reading: Reading) -> float | None:
-    """The probability-weighted harm score (0–4) of a reading; None if unusable."""
-    if not reading.ok:
-        return None
-    return sum(int(o) * p for o, p in reading.probs.items())
 
 
 def principle_choice(conversation: Sequence[Message], answer: str, principle: Principle,

@@ -17,7 +17,7 @@ from typing import Any
 from charter.backends.base import Message
 from charter.errors import BackendError
 from charter.records import short_hash
-from charter.store import CallCache
+from charter.store import CallCache, Progress
 
 
 class PreferenceModel:
@@ -62,13 +62,16 @@ class PreferenceModel:
         return "".join(f"\n\n{'Human' if m['role'] == 'user' else 'Assistant'}: {m['content']}"
                        for m in conversation)
 
-    def score(self, conversations: Sequence[Sequence[Message]]) -> list[float]:
-        """The reward of each conversation (its last turn is the assistant answer being scored)."""
+    def score(self, conversations: Sequence[Sequence[Message]], progress: Progress | None = None) -> list[float]:
+        """The reward of each conversation (its last turn is the assistant answer being scored);
+        ``progress(done, total)`` after each batch."""
         texts = [self.render(c) for c in conversations]
         keys = [short_hash("pm", self.model_id, t, self.max_length, n=32) for t in texts]
         found: dict[str, str] = self.cache.get_many(keys) if self.cache else {}
         todo = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in found}.items(),
                       key=lambda kv: len(kv[1]))
+        if progress:
+            progress(len(keys) - len(todo), len(keys))
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start:start + self.batch_size]
             values = self._forward([t for _, t in chunk])
@@ -77,6 +80,8 @@ class PreferenceModel:
             if self.cache:
                 self.cache.put_many(rows)
             found.update({k: json.dumps(v) for (k, _), v in zip(chunk, values, strict=True)})
+            if progress:
+                progress(len(keys) - len(todo) + start + len(chunk), len(keys))
         return [float(json.loads(found[k])) for k in keys]
 
     def _forward(self, texts: list[str]) -> list[float]:

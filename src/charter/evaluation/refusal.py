@@ -10,8 +10,10 @@ Two classifiers, reported side by side:
   them) → full refusal.
 * :func:`refusal_choice` — an AI judge asked the same three-way question as a multiple choice (A/B/C).
 
-Their accuracy against hand labels is measured on :data:`LABELLED_FILE` (responses written and labelled for
-charter), so the report can say how far to trust each.
+Their accuracy against hand labels is measured on :data:`HELDOUT_FILE`: responses written and labelled for charter
+after the string matcher's rules were fixed, and never used to change them, so the report can say how far to trust
+each. :data:`LABELLED_FILE` is the set the rules were developed on (the matcher gets all of it right by
+construction); it is still scored, and shown as such.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ REFUSAL_TEMPLATE = "judge_refusal.jinja"
 REFUSAL_OPTIONS = ("A", "B", "C")
 OPTION_CLASS: dict[str, RefusalClass] = dict(zip(REFUSAL_OPTIONS, CLASSES, strict=True))
 LABELLED_FILE = "eval_refusal_labelled.yaml"
-"""Hand-labelled responses (in ``charter/data/templates``) used to measure both classifiers."""
+"""Hand-labelled responses (in ``charter/data/templates``) the string matcher's rules were written from."""
+HELDOUT_FILE = "eval_refusal_heldout.yaml"
+"""Hand-labelled responses written after the rules and never used to change them: where accuracy is measured."""
 
 _NEG = (r"(?:can ?not|can'?t|won'?t|will not|shouldn'?t|should not|must not|am unable to|'?m unable to|"
         r"am not able to|'?m not able to|am not going to|'?m not going to|am not allowed to|"
@@ -114,13 +118,20 @@ def is_refusal(label: str | None) -> bool | None:
     return label in ("full_refusal", "partial_refusal")
 
 
-def labelled_examples() -> list[dict[str, Any]]:
-    """The bundled hand-labelled responses: ``[{prompt, response, label}]``, ``label`` in :data:`CLASSES`."""
-    text = resources.files("charter").joinpath("data", "templates", LABELLED_FILE).read_text(encoding="utf-8")
+def labelled_examples(name: str = LABELLED_FILE) -> list[dict[str, Any]]:
+    """Bundled hand-labelled responses: ``[{prompt, response, label}]``, ``label`` in :data:`CLASSES`
+    (default: the string matcher's development set; :func:`heldout_examples` for the held-out set)."""
+    text = resources.files("charter").joinpath("data", "templates", name).read_text(encoding="utf-8")
     items = yaml.safe_load(text)["examples"]
     for ex in items:
-        assert ex["label"] in CLASSES, ex
+        if ex.get("label") not in CLASSES or not ex.get("response") or not ex.get("prompt"):
+            raise ValueError(f"{name}: bad example {ex!r} (needs prompt, response and a label in {CLASSES})")
     return list(items)
+
+
+def heldout_examples() -> list[dict[str, Any]]:
+    """The held-out hand-labelled responses (:data:`HELDOUT_FILE`), never used to write the string matcher's rules."""
+    return labelled_examples(HELDOUT_FILE)
 
 
 _REASON = re.compile(

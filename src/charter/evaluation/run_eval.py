@@ -22,11 +22,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from charter.constitution import load_constitution
+from charter.errors import CharterError
 from charter.evaluation import compare as cmp
 from charter.evaluation import honesty
 from charter.evaluation.judge import Reading, harm_choice, helpful_choice, principle_choice
@@ -36,10 +38,11 @@ from charter.evaluation.session import (
     EvalSession,
     Group,
     harm_value,
+    model_failure,
     refusal_label,
     refusal_value,
 )
-from charter.evaluation.summary import summarize
+from charter.evaluation.summary import self_grading_warnings, summarize
 from charter.prompts import default_prompts, load_prompts
 from charter.records import Judgement, LabeledPair, Prompt, short_hash, write_jsonl
 from charter.splits import select as select_split
@@ -72,6 +75,51 @@ def load_eval_prompts(cfg: EvalConfig) -> list[tuple[Prompt, str, Group]]:
     return out
 
 
+def training_labellers(models: dict[str, str]) -> dict[str, list[str]]:
+    """For each model under test that a charter run trained (a local folder ``RUN/STAGE/model``), the feedback
+    models that wrote the critiques, revisions and preference labels of that run (``RUN/critiques.jsonl``,
+    ``RUN/preferences.jsonl``): the labellers whose judgement the model was trained to match."""
+    from charter.backends import split_spec
+
+    out: dict[str, list[str]] = {}
+    for name, spec in models.items():
+        try:
+            provider, rest = split_spec(spec)
+        except CharterError:
+            continue
+        folder = Path(rest).expanduser()
+        if provider not in ("transformers", "vllm") or not folder.is_dir():
+            continue
+        root = folder.resolve().parent.parent
+        found: set[str] = set()
+        for line in _lines(root / "critiques.jsonl"):
+            found.update(str(st.get("model") or "") for st in line.get("steps", [])
+                         if st.get("kind") in ("critique", "revision"))
+        for line in _lines(root / "preferences.jsonl"):
+            found.add(str(line.get("feedback_model") or ""))
+        found.discard("")
+        if found:
+            out[name] = sorted(found)
+    return out
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file (none when it is missing or unreadable)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def run_eval(cfg: EvalConfig, run: RunDir, models: dict[str, str], quiet: bool = False) -> dict[str, Any]:
     """Evaluate ``models`` (``{name: backend spec}``, the first is the reference, e.g. the base model) and
     write ``RUN/eval/{answers.jsonl, eval.jsonl, summary.json, config.yaml}``. Returns the summary.
@@ -86,6 +134,9 @@ def run_eval(cfg: EvalConfig, run: RunDir, models: dict[str, str], quiet: bool =
     prompts = load_eval_prompts(cfg)
     constitution = load_constitution(cfg.constitution)
     ev.log(f"{len(prompts)} prompts, models: {', '.join(models)}, judges: {', '.join(cfg.judges) or 'none'}")
+    ev.extra["labellers"] = training_labellers(models)
+    for warning in self_grading_warnings(cfg.judges, ev.extra["labellers"]):
+        ev.log(f"WARNING: {warning}")
     ev.answer(prompts)
     answers = ev.ok_answers()
     for a in answers:
@@ -99,6 +150,8 @@ def run_eval(cfg: EvalConfig, run: RunDir, models: dict[str, str], quiet: bool =
         try:
             judges[spec] = ev.backend(spec)
         except Exception as e:
+            if not model_failure(e):
+                raise
             ev.fail("load judge", spec, e)
     pairs = honesty.load_human_pairs(ev)
     if judges and answers:
@@ -177,8 +230,12 @@ def _compare(ev: EvalSession, judges: dict[str, CachedBackend],
         for spec, judge in judges.items():
             try:
                 labeled = cmp.judge_pairs(judge, pairs, axis, ev.cfg.judge_mode, ev.cfg.min_option_mass,
-                                          ev.cfg.max_answer_chars)
+                                          ev.cfg.max_answer_chars,
+                                          progress=ev.progress(f"compare {axis} ({len(pairs)} pairs x 2 orders) "
+                                                               f"by {spec}"))
             except Exception as e:
+                if not model_failure(e):
+                    raise
                 ev.fail(f"compare {axis}", spec, e)
                 continue
             per_judge.append(labeled)

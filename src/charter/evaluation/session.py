@@ -3,7 +3,8 @@
 The session holds the answers, every judgement and every failure as the evaluation goes; it loads models
 through the run's call cache, has every model answer every prompt, and asks every judge a question about every
 answer (per-judge verdicts, plus a ``majority`` verdict when there are several judges). A model or judge that
-raises is recorded as a failure and the evaluation goes on without it.
+fails (:func:`model_failure`: a backend error, an OS or HTTP error, out of memory) is recorded as a failure and the
+evaluation goes on without it; a bug propagates.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from charter.backends import BackendOptions, load_backend
 from charter.backends.base import GenParams, GenRequest, Message
+from charter.errors import CharterError
 from charter.evaluation.judge import Choice, JudgeMode, Reading, ask, judge_hash, majority
 from charter.evaluation.refusal import OPTION_CLASS
 from charter.progress import ProgressPrinter
@@ -86,7 +88,8 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(default=160, ge=1, description="Answer length cap for the models under test.")
     system_prompt: str | None = Field(default=None, description="System prompt for every model under test.")
     max_answer_chars: int = Field(default=1500, ge=50, description="Answers are cut to this for the judges.")
-    min_option_mass: float = Field(default=1e-3, ge=0, lt=1, description="logprobs mode: a reading whose "
+    # 5e-3 as in LabelConfig (derived there: bench/option_mass.py, bench/results-option-mass.txt)
+    min_option_mass: float = Field(default=5e-3, ge=0, lt=1, description="logprobs mode: a reading whose "
                                                                          "options get less is unusable.")
     seed: int = Field(default=0, description="Generation seed and bootstrap seed.")
     bootstrap_rounds: int = Field(default=1000, ge=10, description="Bootstrap resamples for Elo, mean CIs.")
@@ -95,6 +98,24 @@ class EvalConfig(BaseModel):
     batch_size: int = Field(default=16, ge=1, description="Requests per batch sent to each model.")
     threads: int = Field(default=0, ge=0, description="torch threads for local models (0 = torch's default).")
     dtype: str = Field(default="auto", description="dtype of local models: 'auto', 'float32' or 'bfloat16'.")
+
+
+def model_failure(e: Exception) -> bool:
+    """Whether ``e`` is a model or its transport failing — recorded, and the evaluation goes on without that model or
+    judge — rather than a bug, which must propagate instead of becoming a "model failed" row.
+
+    Failures: charter's own errors (every backend turns a model that will not load, an unreachable or refusing
+    server and a failed generation into a :class:`~charter.errors.BackendError`), OS errors (unreadable files,
+    sockets), HTTP-client errors a backend did not translate, and running out of memory (a model too big for the
+    machine: ``MemoryError``, or torch's allocator failing). Anything else — a TypeError, KeyError, ValueError or
+    other RuntimeError from charter or a library — is a bug.
+    """
+    if isinstance(e, CharterError | OSError | MemoryError):
+        return True
+    if type(e).__module__.split(".")[0] == "httpx":
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def cut(text: str, n: int) -> str:
@@ -160,6 +181,8 @@ class EvalSession:
                 backend = self.backend(spec)
                 gens = backend.generate(requests, progress=self.progress(f"answers of {name}"))
             except Exception as e:  # a model that cannot load or answer is reported, the others go on
+                if not model_failure(e):
+                    raise
                 self.fail("answer", f"{name} ({spec})", e)
                 continue
             finally:
@@ -205,6 +228,8 @@ class EvalSession:
                 per_judge[spec] = ask(judge, choices, cfg.judge_mode, cfg.min_option_mass,
                                       progress=self.progress(f"{what} by {spec}"))
             except Exception as e:
+                if not model_failure(e):
+                    raise
                 self.fail(what, spec, e)
                 continue
             for (a, x), r in zip(items, per_judge[spec], strict=True):

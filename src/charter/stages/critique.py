@@ -20,9 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from charter.backends.base import GenParams, GenRequest, Message
 from charter.constitution import Constitution, Principle
+from charter.evaluation.refusal import classify_refusal
 from charter.progress import ProgressPrinter
 from charter.records import CritiqueChain, Prompt, SFTExample, Step, StepKind, short_hash
-from charter.stages.filters import cap_canned, clean_revision, is_evasive, revision_failure
+from charter.stages.filters import cap_canned, clean_revision, is_evasive, revision_failure, trim_to_sentence
 from charter.store import CachedBackend
 from charter.templates import render, template_hash
 
@@ -48,6 +49,9 @@ class CritiqueConfig(BaseModel):
     echo_threshold: float = Field(default=0.8, gt=0, le=1,
                                   description="Similarity above which a revision counts as echoing its input.")
     helpful_mix: bool = Field(default=True, description="Add the policy's answers to helpful prompts to sft.jsonl.")
+    trim_cut_answers: bool = Field(default=False, description="A helpful answer cut off at answer_tokens joins the "
+                                                              "mix trimmed back to its last full sentence (at least "
+                                                              "20 words), instead of being left out.")
     critique: bool = Field(default=True, description="Critique before revising (False = direct revision: the "
                                                      "revision request follows the answer, as the CAI paper's "
                                                      "no-critique variant).")
@@ -55,6 +59,12 @@ class CritiqueConfig(BaseModel):
                                                                    "all of the constitution's).")
     reject_evasive: bool = Field(default=False, description="Reject a revision that refuses without saying why "
                                                             "or offering a safer alternative ('evasive').")
+    require_refusal: bool = Field(default=False, description="Accept only revisions that decline (a full refusal "
+                                                             "by the string-match classifier, 'not_refusal' "
+                                                             "otherwise): for red-team sets known to be harmful.")
+    revision_samples: int = Field(default=1, ge=1, description="Attempts per round: a chain whose revision fails a "
+                                                               "check is revised again with a new seed, up to this "
+                                                               "many times.")
     harm_check: bool = Field(default=False, description="The feedback model rates every accepted revision on the "
                                                         "judge's 0-4 harm scale; one rated above max_harm is "
                                                         "rejected ('still_harmful').")
@@ -173,27 +183,47 @@ def run_critique(cfg: CritiqueConfig, prompts: Sequence[Prompt], constitution: C
                 msgs = _chat(system, [*shots, direct_revision_turn(c.prompt.context, c.prompt.text, c.current.text,
                                                                    c.principles[rnd - 1])])
                 rev_reqs.append(GenRequest.of(msgs, params(cfg.revision_tokens, c.prompt.id, "revision", rnd)))
-        revs = feedback.generate(rev_reqs, progress=ProgressPrinter("critique", f"round {rnd} revisions", quiet=quiet))
         checked: list[tuple[_Chain, Step]] = []
-        for c, cstep, g in zip(rev_chains, crit_steps, revs, strict=True):
-            assert c.current is not None
-            p = c.principles[rnd - 1]
-            text = clean_revision(g.text)
-            why = revision_failure(text, g.finish_reason, c.current.text, cstep.text if cstep else "",
-                                   p.revision_request, cfg.echo_threshold, example_revisions)
-            if why is None and cfg.reject_evasive and is_evasive(text):
-                why = "evasive"
-            parent = cstep.id if cstep else c.current.id
-            rstep = _step(parent, "revision", rnd, feedback, p.id, thash, text, g.finish_reason, why or "ok")
-            c.steps.append(rstep)
-            if why is None:
-                checked.append((c, rstep))
+        todo = list(zip(rev_chains, crit_steps, rev_reqs, strict=True))
+        for attempt in range(cfg.revision_samples):
+            if not todo:
+                break
+            reqs = [r if attempt == 0 else GenRequest.of(r.messages, params(cfg.revision_tokens, c.prompt.id,
+                                                                            "revision", rnd, attempt))
+                    for c, _, r in todo]
+            label = f"round {rnd} revisions" + (f" (attempt {attempt + 1})" if attempt else "")
+            revs = feedback.generate(reqs, progress=ProgressPrinter("critique", label, quiet=quiet))
+            failed = []
+            for (c, cstep, req), g in zip(todo, revs, strict=True):
+                rstep = _revision_step(cfg, c, cstep, g, rnd, feedback, thash, example_revisions)
+                c.steps.append(rstep)
+                if rstep.status == "ok":
+                    checked.append((c, rstep))
+                else:
+                    failed.append((c, cstep, req))
+            todo = failed
         if cfg.harm_check:
             checked = _harm_check(cfg, checked, feedback, quiet)
         for c, rstep in checked:
             c.current = c.last_good = rstep
 
     return _finish(cfg, chains)
+
+
+def _revision_step(cfg: CritiqueConfig, c: _Chain, cstep: Step | None, g: Any, rnd: int, feedback: CachedBackend,
+                   thash: str, example_revisions: list[str]) -> Step:
+    """The revision step of one attempt, with why it fails (the string checks, then evasive / not a refusal)."""
+    assert c.current is not None
+    p = c.principles[rnd - 1]
+    text = clean_revision(g.text)
+    why = revision_failure(text, g.finish_reason, c.current.text, cstep.text if cstep else "", p.revision_request,
+                           cfg.echo_threshold, example_revisions)
+    if why is None and cfg.reject_evasive and is_evasive(text):
+        why = "evasive"
+    if why is None and cfg.require_refusal and classify_refusal(text) != "full_refusal":
+        why = "not_refusal"
+    parent = cstep.id if cstep else c.current.id
+    return _step(parent, "revision", rnd, feedback, p.id, thash, text, g.finish_reason, why or "ok")
 
 
 def _critiques(cfg: CritiqueConfig, active: list[_Chain], rnd: int, system: str | None, shots: list[Message],
@@ -263,10 +293,14 @@ def _finish(cfg: CritiqueConfig,
             if s.kind == "revision":
                 revisions += 1
                 reasons[s.status] += 1
+        target = None
         if c.prompt.helpful:
             final = answer if answer.status == "ok" and answer.finish_reason != "length" else None
+            if final is None and answer.status == "ok" and cfg.trim_cut_answers:
+                target = trim_to_sentence(answer.text)
+                final = answer if target else None
             failed = answer.status if answer.status != "ok" else "over_length"
-            reason = "helpful" if final else f"helpful_answer_{failed}"
+            reason = ("helpful" if target is None else "helpful_trimmed") if final else f"helpful_answer_{failed}"
         else:
             final = c.last_good
             reason = "ok" if final else ("answer_" + answer.status if answer.status != "ok" else "no_accepted_revision")
@@ -278,7 +312,7 @@ def _finish(cfg: CritiqueConfig,
         records.append(rec)
         if final is None or (c.prompt.helpful and not cfg.helpful_mix):
             continue
-        messages = [*c.prompt.messages(), {"role": "assistant", "content": final.text}]
+        messages = [*c.prompt.messages(), {"role": "assistant", "content": target or final.text}]
         sft.append(SFTExample(id=f"s-{short_hash(messages, final.id)}", parent_id=final.id, messages=messages,
                               source="helpful" if c.prompt.helpful else "revision", model=final.model,
                               principle_ids=[s.principle_id for s in c.steps

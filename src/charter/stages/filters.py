@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from difflib import SequenceMatcher
 
 FAILURE_REASONS = ("error", "empty", "over_length", "echo_instruction", "echo_critique", "echo_example", "repetitive",
-                   "unchanged", "no_critique", "evasive", "still_harmful", "canned")
+                   "unchanged", "no_critique", "evasive", "not_refusal", "still_harmful", "canned")
 """Every status a revision can have besides 'ok' (``canned`` is given to whole SFT examples dropped by the cap)."""
 
 _LEAD_IN = re.compile(r"^\s*(revised response|revision|rewritten response|revised answer)\s*:\s*", re.I)
@@ -114,3 +114,17 @@ def cap_canned(texts: Sequence[str], max_share: float) -> list[bool]:
         worst = max(over, key=lambda s: (counts[s], s))
         drop = next(i for i in reversed(kept) if worst in sents[i])
         keep[drop] = False
+
+
+_END = re.compile(r"(?<![\s(]\d)(?<![\s(]\d\d)(?<!^\d)[.!?](?=\s|$)")
+"""A sentence end: . ! or ? before a space or the end, but not a list number's dot ("2.")."""
+
+
+def trim_to_sentence(text: str, min_words: int = 20) -> str | None:
+    """``text`` cut back to its last complete sentence (ending in . ! or ?), or None when less than ``min_words``
+    words would remain (or no sentence ends)."""
+    ends = [m.end() for m in _END.finditer(text)]
+    if not ends:
+        return None
+    cut = text[: ends[-1]].strip()
+    return cut if len(cut.split()) >= min_words else None

@@ -13,8 +13,9 @@ assistant prefix ``The answer is: (``, normalised over the two options. Options:
 * Length control: ``max_length_ratio`` labels only pairs of similar length; ``length_debias`` fits the label's
   log-odds against the answers' log length ratio over the run and removes that slope.
 
-A reading that fails (backend error, option missing, too little probability on the options, empty reasoning) makes
-its vote unusable with the reason recorded; a pair with no usable vote gets no label — never a silent 50/50.
+A reading that fails (backend error, option missing, an option's log-probability only a floor because the server
+did not list it, too little probability on the options, empty reasoning) makes its vote unusable with the reason
+recorded; a pair with no usable vote gets no label — never a silent 50/50.
 Position bias, order consistency and length bias are measured for every run; :func:`trust_warnings` says plainly
 when the labels look untrustworthy. All calls go through the run's call cache, so labelling resumes after a kill.
 """
@@ -31,7 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from charter.backends.base import GenParams, GenRequest, Message, OptionScores, ScoreRequest
+from charter.backends.base import FLOORED, GenParams, GenRequest, Message, OptionScores, ScoreRequest
 from charter.constitution import Constitution, Principle
 from charter.errors import CharterError
 from charter.progress import ProgressPrinter
@@ -59,7 +60,10 @@ class LabelConfig(BaseModel):
                                                        "(not with CoT: they show no reasoning).")
     answer_prefix: str = Field(default="The answer is: (", description="Assistant prefix before the option token.")
     cot_answer_prefix: str = Field(default="So the answer is: (", description="Prefix after the CoT reasoning.")
-    min_option_mass: float = Field(default=1e-3, ge=0, lt=1,
+    # 5e-3: below it readings agree with the model's own answer no better than chance (0.53 [0.47, 0.59], n=264;
+    # 0.73 [0.54, 0.86] at or above); bench/option_mass.py --n 150 --sources transformers,llamacpp-chat
+    # (bench/results-option-mass.txt)
+    min_option_mass: float = Field(default=5e-3, ge=0, lt=1,
                                    description="A reading whose options get less total probability is unusable "
                                                "('off_options': the model would not answer A or B).")
     max_length_ratio: float | None = Field(default=None, ge=1,
@@ -138,6 +142,8 @@ def read_scores(scores: OptionScores, min_mass: float) -> tuple[str, float | Non
     """``(status, P(first option), option mass)`` of one reading; status says why it is unusable."""
     if scores.error:
         return f"backend_error: {scores.error}", None, None
+    if scores.floored:
+        return FLOORED, None, None
     lp = scores.logprobs
     if any(o not in lp for o in OPTIONS):
         return f"missing_option: got {sorted(lp)}", None, None
@@ -321,6 +327,10 @@ def trust_warnings(stats: dict[str, Any], both_orders: bool = True) -> list[str]
         which = "longer" if lb >= 0.7 else "shorter"
         out.append(f"the feedback model picks the {which} answer {max(lb, 1 - lb):.0%} of the time: the labels may "
                    "reward length, not behaviour (try max_length_ratio or length_debias).")
+    floored = (stats.get("votes_by_status") or {}).get("floored", 0)
+    if floored:
+        out.append(f"{floored} vote(s) are unusable because an option was not among the server's top next tokens "
+                   "(status 'floored'): its log-probability was never read, so no confidence is made up for them.")
     agree, ci = stats.get("agreement"), stats.get("ci")
     if agree is not None and ci is not None and ci[0] <= 0.5:
         out.append(f"agreement with human labels is {agree:.2f} (95% CI {ci[0]:.2f}-{ci[1]:.2f}), not clearly "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -60,12 +61,22 @@ class OnlineConfig(TrainConfig):
 
 
 class FeedbackReward:
-    """A GRPO reward function: P(yes) from the feedback model's option log-probabilities for each answer."""
+    """A GRPO reward function: P(yes) from the feedback model's option log-probabilities for each answer.
 
-    def __init__(self, backend: Backend, answer_prefix: str = "The answer is: (") -> None:
+    Each reading goes through the label stage's reader (:func:`charter.stages.label.read_scores`): a backend
+    error, a missing or floored option, or options with less than ``min_mass`` of the probability give no reward
+    (None), counted in ``failed`` and by reason in ``statuses``. Pass the run's :class:`~charter.store.CachedBackend`
+    so every reading is cached like the label stage's."""
+
+    def __init__(self, backend: Backend, answer_prefix: str = "The answer is: (",
+                 min_mass: float | None = None) -> None:
+        from charter.stages.label import LabelConfig
+
         self.backend = backend
         self.answer_prefix = answer_prefix
+        self.min_mass = LabelConfig().min_option_mass if min_mass is None else min_mass
         self.failed = 0
+        self.statuses: Counter[str] = Counter()
         self.__name__ = "feedback_reward"
 
     def __call__(self, prompts: list[Any], completions: list[Any], **_: Any) -> list[float | None]:
@@ -75,14 +86,15 @@ class FeedbackReward:
                                                           {"role": "assistant", "content": c}]
             text = render(SINGLE_TEMPLATE, conversation=convo)
             reqs.append(ScoreRequest.of([{"role": "user", "content": text}], ("A", "B"), self.answer_prefix))
+        from charter.stages.label import read_scores
+
         out: list[float | None] = []
         for s in self.backend.score_options(reqs):
-            probs = s.probs()
-            if s.error or "A" not in probs:
+            status, p_yes, _mass = read_scores(s, self.min_mass)
+            self.statuses[status.split(":")[0]] += 1
+            if p_yes is None:
                 self.failed += 1
-                out.append(None)
-            else:
-                out.append(probs["A"])
+            out.append(p_yes)
         return out
 
 
