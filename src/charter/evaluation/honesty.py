@@ -106,7 +106,9 @@ def load_hand_labels(path: str) -> list[dict[str, Any]]:
 def hand_checks(ev: EvalSession, judges: dict[str, CachedBackend]) -> None:
     """Each judge on the answers labelled by hand: its harm verdict (harmful = score >= 2) against ``harmful``,
     its helpfulness verdict against ``helpful``."""
-    from charter.evaluation.judge import helpful_choice
+    from functools import partial
+
+    from charter.evaluation.judge import helpful_choice, is_harmful, refusal_is_harmless
 
     items = load_hand_labels(ev.cfg.hand_labels or "")
     cfg = ev.cfg
@@ -114,15 +116,20 @@ def hand_checks(ev: EvalSession, judges: dict[str, CachedBackend]) -> None:
     help_items = [x for x in items if x.get("helpful") in (0, 1)]
     for spec, judge in judges.items():
         checks: list[tuple[Literal["hand_harm", "hand_helpful"], list[dict[str, Any]], Any]] = [
-            ("hand_harm", harm_items, harm_choice), ("hand_helpful", help_items, helpful_choice)]
+            ("hand_harm", harm_items, partial(harm_choice, scale=cfg.harm_scale)),
+            ("hand_helpful", help_items, helpful_choice)]
         for kind, sel, make in checks:
             if not sel:
                 continue
             try:
+                settled = [refusal_is_harmless(x["answer"]) if kind == "hand_harm" and cfg.harm_skip_refusals
+                           else None for x in sel]
+                todo = [x for x, r in zip(sel, settled, strict=True) if r is None]
                 choices = [make([{"role": "user", "content": x["prompt"]}], cut(x["answer"], cfg.max_answer_chars),
-                                cfg.judge_mode) for x in sel]
-                readings = ask(judge, choices, cfg.judge_mode, cfg.min_option_mass,
-                               progress=ev.progress(f"{kind.replace('_', ' ')} labels by {spec}"))
+                                cfg.judge_mode) for x in todo]
+                asked = iter(ask(judge, choices, cfg.judge_mode, cfg.min_option_mass,
+                                 progress=ev.progress(f"{kind.replace('_', ' ')} labels by {spec}")))
+                readings = [r if r is not None else next(asked) for r in settled]
             except (CharterError, OSError) as e:
                 ev.fail(f"{kind} check", spec, e)
                 continue
@@ -130,7 +137,7 @@ def hand_checks(ev: EvalSession, judges: dict[str, CachedBackend]) -> None:
             for x, r in zip(sel, readings, strict=True):
                 if kind == "hand_harm":
                     value = harm_value(r)
-                    label = None if not r.ok else str(int(int(r.label or 0) >= 2))
+                    label = None if not r.ok else str(int(is_harmful(r.label)))
                 else:
                     value = r.probs.get("Yes") if r.ok else None
                     label = None if not r.ok else str(int(r.label == "Yes"))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from charter.constitution import load_constitution
 from charter.errors import CharterError
 from charter.evaluation import compare as cmp
 from charter.evaluation import honesty
-from charter.evaluation.judge import Reading, harm_choice, helpful_choice, principle_choice
+from charter.evaluation.judge import Reading, harm_choice, helpful_choice, principle_choice, refusal_is_harmless
 from charter.evaluation.refusal import classify_refusal, is_refusal, refusal_choice
 from charter.evaluation.session import (
     EvalConfig,
@@ -156,7 +157,8 @@ def run_eval(cfg: EvalConfig, run: RunDir, models: dict[str, str], quiet: bool =
     pairs = honesty.load_human_pairs(ev)
     if judges and answers:
         harm = ev.verdicts(judges, "harm", [(a, None) for a in answers if a.group in cfg.harm_groups],
-                           harm_choice, harm_value, lambda r: r.label, "harm scores")
+                           partial(harm_choice, scale=cfg.harm_scale), harm_value, lambda r: r.label, "harm scores",
+                           known=(lambda a: refusal_is_harmless(a.text)) if cfg.harm_skip_refusals else None)
         if cfg.helpful_check:
             ev.verdicts(judges, "helpful", [(a, None) for a in answers if a.group == "safe"], helpful_choice,
                         lambda r: r.probs.get("Yes") if r.ok else None, lambda r: r.label, "helpfulness")
@@ -179,7 +181,8 @@ def run_eval(cfg: EvalConfig, run: RunDir, models: dict[str, str], quiet: bool =
                 for p in constitution.principles:
                     over = p.area == "over_refusal"
                     if cfg.principle_check == "all" or (over and a.group == "safe" and refused) or (
-                            not over and h.ok and int(h.label or 0) >= cfg.flag_min_harm):
+                            not over and h.ok and (h.label == "Yes" or (h.label or "0").isdigit()
+                                                   and int(h.label or 0) >= cfg.flag_min_harm)):
                         items.append((a, p))
             ev.verdicts(judges, "principle", items, principle_choice,
                         lambda r: r.probs.get("Yes") if r.ok else None, lambda r: r.label, "principle checks")

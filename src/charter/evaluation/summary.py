@@ -16,6 +16,7 @@ from typing import Any
 
 from charter.constitution import Constitution
 from charter.evaluation.elo import Outcome, bootstrap_elo
+from charter.evaluation.judge import is_harmful
 from charter.evaluation.refusal import CLASSES, explains_refusal, is_refusal
 from charter.evaluation.stats import cohen_kappa, mean_ci, proportion
 from charter.records import EvalAnswer, Judgement
@@ -96,7 +97,7 @@ def summarize(cfg: Any, models: dict[str, str], answers: Sequence[EvalAnswer],
             m["harm"][group] = {
                 "mean": mean_ci([v.value for v in verdicts if v.value is not None], rounds, seed),
                 "dist": {str(k): sum(v.label == str(k) for v in verdicts) for k in range(5)},
-                "harmful_rate": proportion(sum(int(v.label or 0) >= 2 for v in verdicts), len(verdicts)),
+                "harmful_rate": proportion(sum(is_harmful(v.label) for v in verdicts), len(verdicts)),
                 "unjudged": len(sel) - len(verdicts),
             }
             answered = [helpful[a.id] for a in sel if a.id in helpful and helpful[a.id].label is not None]
@@ -333,7 +334,7 @@ def effect_figures(models: dict[str, str], answers: Sequence[EvalAnswer], harm: 
 
     def harmful(a: EvalAnswer) -> float | None:
         j = harm.get(a.id)
-        return float(int(j.label) >= 2) if j is not None and j.label is not None else None
+        return float(is_harmful(j.label)) if j is not None and j.label is not None else None
 
     def helps(a: EvalAnswer) -> float | None:
         j = helpful.get(a.id)

@@ -108,6 +108,23 @@ def lora_config(cfg: TrainConfig, task_type: str) -> Any:
                       target_modules=cfg.lora_target_modules, task_type=task_type)
 
 
+def show_progress(trainer: Any, stage: str) -> None:
+    """Replace the Trainer's per-step log dicts on stdout with one progress line (with an ETA and the loss) on
+    stderr, like every other long phase of a run."""
+    from transformers import PrinterCallback, TrainerCallback
+
+    from charter.progress import ProgressPrinter
+
+    printer = ProgressPrinter(stage, "training steps")
+
+    class _Progress(TrainerCallback):  # type: ignore[misc]
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            printer(state.global_step, state.max_steps)
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_Progress())
+
+
 def cost_figures(steps: int, seconds: float) -> dict[str, Any]:
     """What a training run cost: steps, seconds, seconds per step and this process's peak resident memory (MB)."""
     import resource

@@ -39,6 +39,7 @@ from charter.train.common import (
     loss_curve,
     save_trained,
     select,
+    show_progress,
     training_tokenizer,
     trl_args,
     trl_rows,
@@ -109,6 +110,7 @@ def train_dpo(cfg: DPOConfig, prefs: Sequence[PreferencePair], out_dir: Path, ba
     trainer_cls = _soft_trainer_class() if cfg.loss == "soft" else DPOTrainer
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(rows),
                           processing_class=tokenizer, peft_config=lora_config(cfg, "CAUSAL_LM"))
+    show_progress(trainer, "dpo")
     start = time.monotonic()
     result = trainer.train()
     seconds = time.monotonic() - start

@@ -34,6 +34,7 @@ from charter.train.common import (
     lora_config,
     model_digest,
     save_trained,
+    show_progress,
     training_tokenizer,
     trl_args,
 )
@@ -147,6 +148,7 @@ def train_online(cfg: OnlineConfig, prompts: Sequence[Prompt], out_dir: Path, ba
     trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=dataset,
                           processing_class=tokenizer, reward_processing_classes=reward_tok,
                           peft_config=lora_config(cfg, "CAUSAL_LM"))
+    show_progress(trainer, "online")
     start = time.monotonic()
     result = trainer.train()
     seconds = time.monotonic() - start

@@ -34,6 +34,7 @@ from charter.train.common import (
     loss_curve,
     save_trained,
     select,
+    show_progress,
     training_tokenizer,
     trl_args,
     trl_rows,
@@ -124,6 +125,7 @@ def train_reward_model(cfg: RewardConfig, prefs: Sequence[PreferencePair], out_d
     if len(trainer.train_dataset) == 0:
         raise CharterError(f"every pair is longer than rm.max_length={cfg.max_length} tokens",
                            "raise rm.max_length or use shorter answers")
+    show_progress(trainer, "rm")
     start = time.monotonic()
     result = trainer.train()
     seconds = time.monotonic() - start

@@ -27,6 +27,7 @@ from charter.train.common import (
     lora_config,
     loss_curve,
     save_trained,
+    show_progress,
     training_tokenizer,
     trl_args,
 )
@@ -77,6 +78,7 @@ def run_sft(cfg: SFTConfig, data_path: Path, out_dir: Path, base_spec: str) -> d
     args = TRLSFTConfig(max_length=cfg.max_length, completion_only_loss=cfg.completion_only, **trl_args(cfg, work))
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora_config(cfg, "CAUSAL_LM"))
+    show_progress(trainer, "sft")
     start = time.monotonic()
     result = trainer.train()
     seconds = time.monotonic() - start
