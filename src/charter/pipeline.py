@@ -170,11 +170,19 @@ def _role(s: Session, spec: str) -> CachedBackend:
     return s.backend(s.cfg.policy.model_copy(update={"model": spec}))
 
 
+def sl_prompts(s: Session) -> list[Prompt]:
+    """The prompts the SL stage used (after triage), from critiques.jsonl; the config's prompts when it did not run."""
+    path = s.run.file("critiques.jsonl")
+    if path.is_file():
+        return [c.prompt for c in read_jsonl(path, CritiqueChain)]
+    return load_run_prompts(s.cfg)[0]
+
+
 def stage_sample(s: Session) -> dict[str, Any]:
-    """K answers per prompt from the SL-CAI model: samples.jsonl, pairs.jsonl."""
+    """K answers per prompt from the SL-CAI model (the SL stage's prompts): samples.jsonl, pairs.jsonl."""
     from charter.stages.sample import sample_stage
 
-    prompts, _ = load_run_prompts(s.cfg)
+    prompts = sl_prompts(s)
     return sample_stage(s.cfg.sample, s.run, prompts, _role(s, sl_model(s)), s.quiet)
 
 
@@ -197,7 +205,7 @@ def stage_rlcd(s: Session) -> dict[str, Any]:
     from charter.constitution import load_constitution
     from charter.stages.rlcd import rlcd_stage
 
-    prompts, _ = load_run_prompts(s.cfg)
+    prompts = sl_prompts(s)
     return rlcd_stage(s.cfg.rlcd, s.run, prompts, load_constitution(s.cfg.constitution),
                       _role(s, sl_model(s)), s.quiet)
 

@@ -34,6 +34,8 @@ class SampleConfig(BaseModel):
     max_pairs_per_prompt: int | None = Field(default=None, ge=1,
                                              description="Keep at most this many of the K*(K-1)/2 pairs per prompt.")
     system_prompt: str | None = Field(default=None, description="System prompt put before every prompt (None = none).")
+    max_prompts: int | None = Field(default=None, ge=1, description="Sample for at most this many prompts, evenly "
+                                                                  "spaced through them (None = all).")
     seed: int = Field(default=0, description="Run seed; each answer's seed is derived from it, the prompt and k.")
 
 
@@ -81,6 +83,8 @@ def make_pairs(samples: Sequence[Sample], max_pairs: int | None = None) -> tuple
 def run_sample(cfg: SampleConfig, prompts: Sequence[Prompt], policy: CachedBackend,
                quiet: bool = False) -> tuple[list[Sample], list[AnswerPair], dict[str, Any]]:
     """Sample ``cfg.k`` answers per prompt and pair them; returns samples, pairs and a summary with counts."""
+    if cfg.max_prompts and len(prompts) > cfg.max_prompts:
+        prompts = [prompts[k * len(prompts) // cfg.max_prompts] for k in range(cfg.max_prompts)]
     thash = short_hash(cfg.system_prompt or "", n=12) if cfg.system_prompt else ""
     jobs = [(p, k, sample_seed(cfg.seed, p.id, k)) for p in prompts for k in range(cfg.k)]
     reqs = [GenRequest.of(_messages(cfg, p), GenParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
