@@ -118,6 +118,9 @@ def show_progress(trainer: Any, stage: str) -> None:
     printer = ProgressPrinter(stage, "training steps")
 
     class _Progress(TrainerCallback):  # type: ignore[misc]
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            printer(0, state.max_steps)
+
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             printer(state.global_step, state.max_steps)
 
