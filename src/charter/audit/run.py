@@ -218,9 +218,8 @@ def audit_run_inputs(cfg: Any, run_dir: Path, log: Callable[[str], None] | None 
         return []
     bundled = resources.files("charter").joinpath("data", "prompts")
     pc = cfg.prompts
-    train = [pc.red_team or str(bundled.joinpath("red_team.jsonl"))]
-    if pc.helpful or pc.helpful is None:
-        train.append(pc.helpful or str(bundled.joinpath("helpful.jsonl")))
+    train = [str(bundled.joinpath(f"{kind}.jsonl")) if f.path == "bundled" else f.path
+             for kind in ("red_team", "helpful") for f in pc.files(kind)]
     ev = getattr(cfg, "eval", None) or {}
     get = ev.get if isinstance(ev, dict) else (lambda k: getattr(ev, k, None))
     evals = [str(get(k)) for k in ("red_team", "benign", "helpful") if get(k) and get(k) not in train]

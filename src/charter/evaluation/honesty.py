@@ -108,7 +108,8 @@ def hand_checks(ev: EvalSession, judges: dict[str, CachedBackend]) -> None:
     its helpfulness verdict against ``helpful``."""
     from functools import partial
 
-    from charter.evaluation.judge import helpful_choice, is_harmful, refusal_is_harmless
+    from charter.evaluation.judge import helpful_choice, is_harmful
+    from charter.evaluation.refusal import refusal_is_harmless
 
     items = load_hand_labels(ev.cfg.hand_labels or "")
     cfg = ev.cfg

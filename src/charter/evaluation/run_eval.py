@@ -32,8 +32,8 @@ from charter.constitution import load_constitution
 from charter.errors import CharterError
 from charter.evaluation import compare as cmp
 from charter.evaluation import honesty
-from charter.evaluation.judge import Reading, harm_choice, helpful_choice, principle_choice, refusal_is_harmless
-from charter.evaluation.refusal import classify_refusal, is_refusal, refusal_choice
+from charter.evaluation.judge import Reading, harm_choice, helpful_choice, principle_choice
+from charter.evaluation.refusal import classify_refusal, is_refusal, refusal_choice, refusal_is_harmless
 from charter.evaluation.session import (
     EvalConfig,
     EvalSession,
