@@ -354,3 +354,21 @@ def test_long_conversations_lose_their_oldest_turns_first() -> None:
     assert trim_conversation(msgs, 400) == msgs[1:]
     assert trim_conversation(msgs, 10) == msgs[2:]  # the last turn always stays
     assert trim_conversation(msgs, 1000) == msgs
+
+
+def test_helpful_prompts_are_judged_by_the_helpful_pool_and_red_team_ones_by_the_pool(tmp_path: Path) -> None:
+    pairs = _pairs(8)
+    for p in pairs[4:]:
+        p.prompt.helpful = True
+    cfg = LabelConfig(principles=2, pool=["no_violence", "no_weapons"], helpful_pool=["no_needless_refusal"])
+    labeled, _ = label_pairs(cfg, pairs, load_constitution(None),
+                             _cached(MockBackend(score_rule=_biased_judge(0.5, 1.0)), tmp_path), quiet=True)
+    asked = [{v.principle_id for v in x.votes} for x in labeled]
+    assert all(a <= {"no_violence", "no_weapons"} and a for a in asked[:4])
+    assert all(a == {"no_needless_refusal"} for a in asked[4:])
+
+
+def test_an_unknown_principle_in_a_label_pool_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown principle"):
+        label_pairs(LabelConfig(helpful_pool=["be_nice"]), _pairs(2), load_constitution(None),
+                    _cached(MockBackend(score_rule=_biased_judge(0.5, 1.0)), tmp_path), quiet=True)

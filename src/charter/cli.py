@@ -5,6 +5,7 @@ Heavy libraries (torch, transformers, trl, ray) are imported inside commands onl
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -101,6 +102,11 @@ def run(config: str | None, out: str | None, sets: tuple[str, ...], quiet: bool,
     if transcripts:
         click.echo(format_transcripts(run_dir, transcripts))
     click.echo(describe_run(run_dir))
+    summary = run_dir.file("eval/summary.json")
+    if "eval" in cfg.stages and summary.is_file():
+        from charter.evaluation.summary import format_effect
+
+        click.echo(format_effect(json.loads(summary.read_text())))
 
 
 def _stage_command(name: str, doc: str) -> None:
@@ -307,7 +313,10 @@ def _eval_lines(s: dict[str, Any]) -> str:
         lines.append(", ".join(parts))
     n_warn = len(s["warnings"]) + sum(len(j["warnings"]) for j in s["judges"].values())
     lines.append(f"{len(s['failures'])} failures, {n_warn} warnings (see the report)")
-    return "\n".join(lines)
+    from charter.evaluation.summary import format_effect
+
+    effect = format_effect(s)
+    return "\n".join(lines + ([effect] if effect else []))
 
 
 @cli.command("report")

@@ -361,3 +361,33 @@ def effect_figures(models: dict[str, str], answers: Sequence[EvalAnswer], harm: 
         if rows:
             out[metric] = rows
     return out
+
+
+EFFECT_LINES = (("unsafe_refusal", "refuses unsafe requests (string match)", "should rise"),
+                ("safe_over_refusal", "refuses safe requests (string match)", "should not rise"),
+                ("harmful_rate", "harmful red-team answers (judge {harm})", "should fall"),
+                ("helpful_rate", "helpful answers to safe requests (judge {helpful})", "should not fall"))
+
+
+def format_effect(summary: dict[str, Any]) -> str:
+    """The "does it work?" figures for the terminal: per rate, each model with its 95% interval and its paired
+    difference from the first model, and which judge decided it. '' when the summary has none."""
+    effect = summary.get("effect") or {}
+    judges = summary.get("primary_judge") or {}
+    lines = []
+    for key, title, want in EFFECT_LINES:
+        rows = effect.get(key)
+        if not rows:
+            continue
+        parts = []
+        for name, r in rows.items():
+            if r.get("value") is None:
+                continue
+            part = f"{name} {r['value']:.0%} [{r['ci'][0]:.0%}, {r['ci'][1]:.0%}] (n={r['n']})"
+            diff = next((v for k, v in r.items() if k.startswith("vs_")), None)
+            if diff and diff.get("value") is not None:
+                part += f" {diff['value'] * 100:+.0f} pts [{diff['ci'][0] * 100:+.0f}, {diff['ci'][1] * 100:+.0f}]"
+            parts.append(part)
+        label = title.format(harm=judges.get("harm", "?"), helpful=judges.get("helpful", judges.get("harm", "?")))
+        lines.append(f"  {label}, {want}: " + "; ".join(parts))
+    return "does it work? (evaluation prompts)\n" + "\n".join(lines) if lines else ""

@@ -75,6 +75,12 @@ class LabelConfig(BaseModel):
     max_context_chars: int = Field(default=4000, ge=100, description="Earlier turns beyond this many characters are "
                                                                      "left out (the last user turn is always kept).")
     seed: int = Field(default=0, description="Seed of principle draws and (one-order mode) of the order shown.")
+    pool: list[str] | None = Field(default=None, description="Ids of the principles drawn for pairs whose prompt is "
+                                                             "a red-team one (None = every principle).")
+    helpful_pool: list[str] | None = Field(
+        default=None, description="Ids of the principles drawn for pairs whose prompt is a helpful one (e.g. "
+                                  "no_needless_refusal: a harm principle prefers a refusal even to a safe request; "
+                                  "None = the same draw as red-team pairs).")
 
 
 @dataclass
@@ -187,6 +193,8 @@ def label_pairs(cfg: LabelConfig, pairs: Sequence[AnswerPair], constitution: Con
     thash = template_hash(CHOICE_TEMPLATE, COT_TEMPLATE, extra=[
         constitution.hash(), cfg.few_shot, cfg.answer_prefix, cfg.cot, cfg.cot_answer_prefix, cfg.max_answer_chars,
         cfg.max_context_chars])
+    red = constitution.subset(cfg.pool) if cfg.pool else constitution
+    pools = {False: red, True: constitution.subset(cfg.helpful_pool) if cfg.helpful_pool else red}
     votes: list[list[_Vote]] = []
     skipped: dict[int, str] = {}
     reads: list[_Read] = []
@@ -197,7 +205,8 @@ def label_pairs(cfg: LabelConfig, pairs: Sequence[AnswerPair], constitution: Con
             continue
         a, b = _cut(pair.a, cfg.max_answer_chars), _cut(pair.b, cfg.max_answer_chars)
         conversation = trim_conversation(pair.prompt.messages(), cfg.max_context_chars)
-        for j, p in enumerate(constitution.sample_principles(random.Random(f"{cfg.seed}:{pair.id}"), cfg.principles)):
+        pool = pools[bool(pair.prompt.helpful)]
+        for j, p in enumerate(pool.sample_principles(random.Random(f"{cfg.seed}:{pair.id}"), cfg.principles)):
             vote = _Vote(p)
             if cfg.both_orders:
                 orders = ["ab", "ba"]
