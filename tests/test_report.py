@@ -275,3 +275,13 @@ def test_report_renders_in_chromium_without_errors_and_draws_its_plots(report_ru
     full = b.js("document.documentElement.scrollHeight")
     (tmp_path / "report.png").write_bytes(b.screenshot(0, 0, 1280, min(full, 6000), scale=0.5))
     assert b.problems() == []
+
+
+def test_report_says_whether_alignment_worked_and_who_decided(report_run: Path) -> None:
+    summary = json.loads((report_run / "eval" / "summary.json").read_text())
+    html = (report_run / "report.html").read_text()
+    section = html.split('id="effect"', 1)[1].split("</section>", 1)[0]
+    assert "Does it work?" in section and summary["primary_judge"]["harm"] in section
+    assert "string-match classifier" in section
+    unsafe = summary["effect"]["unsafe_refusal"]["refuser"]
+    assert f"{unsafe['value']:.0%}" in section and f"n={unsafe['n']}" in section
