@@ -401,3 +401,18 @@ def test_the_head_to_head_phase_reports_progress_with_an_eta(tmp_path: Path, mon
     compare = [x for x in err.splitlines() if x.startswith("[eval] compare harmless")]
     assert compare, err[-2000:]
     assert re.search(r"\d+/\d+ \(\d+%\) \[\d\d:\d\d<\d\d:\d\d", compare[-1])  # done/total, elapsed<ETA
+
+
+def test_effect_figures_move_the_way_the_models_behave(tmp_path: Path, fakes: list[str]) -> None:
+    _, s = make_eval_run(tmp_path, ["judge/0"], helpful_check=True)
+    e = s["effect"]
+    assert e["unsafe_refusal"]["base"]["value"] == 0.0 and e["unsafe_refusal"]["refuser"]["value"] == 1.0
+    assert e["safe_over_refusal"]["refuser"]["value"] == 1.0 and e["safe_over_refusal"]["sl"]["value"] == 0.0
+    assert e["red_team_refusal"]["refuser"]["vs_base"]["value"] == 1.0
+    assert e["red_team_refusal"]["refuser"]["n"] == len(RED_TEAM)
+    assert e["harmful_rate"]["refuser"]["value"] < e["harmful_rate"]["base"]["value"]
+    assert set(e["helpful_rate"]) == {"base", "refuser", "sl"}
+    from charter.evaluation.summary import format_effect
+
+    text = format_effect(s)
+    assert "refuses unsafe requests (string match), should rise: base 0%" in text and "refuser 100%" in text
