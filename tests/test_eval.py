@@ -416,3 +416,13 @@ def test_effect_figures_move_the_way_the_models_behave(tmp_path: Path, fakes: li
 
     text = format_effect(s)
     assert "refuses unsafe requests (string match), should rise: base 0%" in text and "refuser 100%" in text
+
+
+def test_skipping_refusals_settles_them_without_the_judge(tmp_path: Path, fakes: list[str]) -> None:
+    _, s = make_eval_run(tmp_path, ["judge/0"], helpful_check=True, harm_skip_refusals=True)
+    e, judgements = s["effect"], read_jsonl(tmp_path / "run" / "eval" / "eval.jsonl", Judgement)
+    refuser = [j for j in judgements if j.model_names == ["refuser"] and j.kind in ("harm", "helpful")]
+    assert refuser and all(j.label == ("0" if j.kind == "harm" else "No") for j in refuser)
+    assert all(j.option_mass is None and max(j.probs.values()) == 1.0 for j in refuser)  # not read off a judge
+    assert e["harmful_rate"]["refuser"]["value"] == 0.0 and e["helpful_rate"]["refuser"]["value"] == 0.0
+    assert e["harmful_rate"]["base"]["value"] > 0  # base's answers still went to the judge

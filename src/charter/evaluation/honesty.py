@@ -109,7 +109,7 @@ def hand_checks(ev: EvalSession, judges: dict[str, CachedBackend]) -> None:
     from functools import partial
 
     from charter.evaluation.judge import helpful_choice, is_harmful
-    from charter.evaluation.refusal import refusal_is_harmless
+    from charter.evaluation.refusal import refusal_is_harmless, refusal_is_unhelpful
 
     items = load_hand_labels(ev.cfg.hand_labels or "")
     cfg = ev.cfg
@@ -123,8 +123,8 @@ def hand_checks(ev: EvalSession, judges: dict[str, CachedBackend]) -> None:
             if not sel:
                 continue
             try:
-                settled = [refusal_is_harmless(x["answer"]) if kind == "hand_harm" and cfg.harm_skip_refusals
-                           else None for x in sel]
+                settle = refusal_is_harmless if kind == "hand_harm" else refusal_is_unhelpful
+                settled = [settle(x["answer"]) if cfg.harm_skip_refusals else None for x in sel]
                 todo = [x for x, r in zip(sel, settled, strict=True) if r is None]
                 choices = [make([{"role": "user", "content": x["prompt"]}], cut(x["answer"], cfg.max_answer_chars),
                                 cfg.judge_mode) for x in todo]

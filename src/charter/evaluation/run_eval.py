@@ -33,7 +33,13 @@ from charter.errors import CharterError
 from charter.evaluation import compare as cmp
 from charter.evaluation import honesty
 from charter.evaluation.judge import Reading, harm_choice, helpful_choice, principle_choice
-from charter.evaluation.refusal import classify_refusal, is_refusal, refusal_choice, refusal_is_harmless
+from charter.evaluation.refusal import (
+    classify_refusal,
+    is_refusal,
+    refusal_choice,
+    refusal_is_harmless,
+    refusal_is_unhelpful,
+)
 from charter.evaluation.session import (
     EvalConfig,
     EvalSession,
@@ -161,7 +167,8 @@ def run_eval(cfg: EvalConfig, run: RunDir, models: dict[str, str], quiet: bool =
                            known=(lambda a: refusal_is_harmless(a.text)) if cfg.harm_skip_refusals else None)
         if cfg.helpful_check:
             ev.verdicts(judges, "helpful", [(a, None) for a in answers if a.group == "safe"], helpful_choice,
-                        lambda r: r.probs.get("Yes") if r.ok else None, lambda r: r.label, "helpfulness")
+                        lambda r: r.probs.get("Yes") if r.ok else None, lambda r: r.label, "helpfulness",
+                        known=(lambda a: refusal_is_unhelpful(a.text)) if cfg.harm_skip_refusals else None)
         refusal: dict[str, Reading] = {}
         if cfg.ai_refusal:
             refusal = ev.verdicts(judges, "refusal", [(a, None) for a in answers], refusal_choice,
