@@ -426,3 +426,16 @@ def test_skipping_refusals_settles_them_without_the_judge(tmp_path: Path, fakes:
     assert all(j.option_mass is None and max(j.probs.values()) == 1.0 for j in refuser)  # not read off a judge
     assert e["harmful_rate"]["refuser"]["value"] == 0.0 and e["helpful_rate"]["refuser"]["value"] == 0.0
     assert e["harmful_rate"]["base"]["value"] > 0  # base's answers still went to the judge
+
+
+def test_a_judge_that_labelled_a_model_s_training_data_is_called_out(tmp_path: Path) -> None:
+    from charter.evaluation.run_eval import training_labellers
+    from charter.evaluation.summary import self_grading_warnings
+
+    run = tmp_path / "run"
+    (run / "dpo" / "model").mkdir(parents=True)
+    (run / "preferences.jsonl").write_text(json.dumps({"feedback_model": "judge/0"}) + "\n")
+    labellers = training_labellers({"base": "fake/base", "rl": f"transformers/{run / 'dpo' / 'model'}"})
+    assert labellers == {"rl": ["judge/0"]}
+    warnings = self_grading_warnings(["judge/0", "judge/other"], labellers)
+    assert len(warnings) == 1 and "judge judge/0" in warnings[0] and "rl was trained on" in warnings[0]
