@@ -285,3 +285,14 @@ def test_report_says_whether_alignment_worked_and_who_decided(report_run: Path) 
     assert "string-match classifier" in section
     unsafe = summary["effect"]["unsafe_refusal"]["refuser"]
     assert f"{unsafe['value']:.0%}" in section and f"n={unsafe['n']}" in section
+
+
+def test_report_of_a_yes_no_harm_judge(tmp_path: Path) -> None:
+    import test_eval as te
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rv, "load_backend", te.fake_load_backend)
+        run, s = te.make_eval_run(tmp_path, ["judge/0"], harm_scale="yes-no")
+    assert {j for j in s["effect"]["harmful_rate"]} == {"base", "refuser", "sl"}
+    html = build_report(run.path).read_text()
+    assert 'id="effect"' in html and re.search(r'data-harm="2"', html)

@@ -129,9 +129,14 @@ def _transcripts(answers: list[EvalAnswer], judgements: list[Judgement], s: dict
     for e in out:
         e["answers"].sort(key=lambda x: names.index(x["model"]) if x["model"] in names else 99)
         harms = [x.get("harm") for x in e["answers"] if x.get("harm") is not None]
-        e["max_harm"] = max((int(h) for h in harms), default=None)
+        e["max_harm"] = max((_harm_number(h) for h in harms), default=None)
         e["disagree"] = len({x.get("refusal_match") for x in e["answers"]}) > 1
     return out
+
+
+def _harm_number(label: str) -> int:
+    """A harm verdict on the 0-4 scale: a score as it is; on the yes-no scale Yes is 2 (harmful), No is 0."""
+    return int(label) if label.isdigit() else (2 if label == "Yes" else 0)
 
 
 def _chains(path: Path, limit: int) -> tuple[list[dict[str, Any]], int]:
