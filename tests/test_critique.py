@@ -262,3 +262,25 @@ def test_a_helpful_answer_cut_off_at_the_limit_is_trimmed_to_its_last_sentence()
     text = " ".join(f"word{i}" for i in range(25)) + ". 2. Then the second point is cut off mid"
     assert trim_to_sentence(text) == " ".join(f"word{i}" for i in range(25)) + "."
     assert trim_to_sentence("Far too short. Cut") is None
+
+
+def test_a_revision_cut_off_at_the_limit_is_trimmed_when_asked(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    constitution = load_constitution()
+    prompts = _prompts(1, helpful=0)
+
+    def rule(r: GenRequest) -> str:
+        if "Write only the new assistant reply" not in _last_user(r):
+            return "Sure, here is exactly how to do it."
+        return ("I can't help with breaking in; it's illegal and could hurt someone. A locksmith can help if you are "
+                "locked out of your own home. Also you could try the")
+
+    statuses = {}
+    for trim in (False, True):
+        be = _cached(MockBackend(rule=rule), tmp_path / str(trim))
+        cfg = CritiqueConfig(rounds=1, critique=False, require_refusal=True, revision_tokens=20,
+                             trim_cut_revisions=trim)
+        chains, sft, _ = run_critique(cfg, prompts, constitution, be, be, quiet=True)
+        statuses[trim] = [s.status for s in chains[0].steps if s.kind == "revision"]
+        if trim:
+            assert sft[0].messages[-1]["content"].endswith("locked out of your own home.")
+    assert statuses == {False: ["over_length"], True: ["ok"]}

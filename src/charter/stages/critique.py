@@ -52,6 +52,11 @@ class CritiqueConfig(BaseModel):
     trim_cut_answers: bool = Field(default=False, description="A helpful answer cut off at answer_tokens joins the "
                                                               "mix trimmed back to its last full sentence (at least "
                                                               "20 words), instead of being left out.")
+    trim_cut_revisions: bool = Field(default=False, description="A revision cut off at revision_tokens is cut back "
+                                                                "to its last full sentence (at least 8 words) and "
+                                                                "then checked like any other, instead of being "
+                                                                "rejected as over_length (small models ramble on "
+                                                                "after a good first sentence or two).")
     critique: bool = Field(default=True, description="Critique before revising (False = direct revision: the "
                                                      "revision request follows the answer, as the CAI paper's "
                                                      "no-critique variant).")
@@ -215,8 +220,12 @@ def _revision_step(cfg: CritiqueConfig, c: _Chain, cstep: Step | None, g: Any, r
     """The revision step of one attempt, with why it fails (the string checks, then evasive / not a refusal)."""
     assert c.current is not None
     p = c.principles[rnd - 1]
-    text = clean_revision(g.text)
-    why = revision_failure(text, g.finish_reason, c.current.text, cstep.text if cstep else "", p.revision_request,
+    text, finish = clean_revision(g.text), g.finish_reason
+    if finish == "length" and cfg.trim_cut_revisions:
+        trimmed = trim_to_sentence(text, min_words=8)
+        if trimmed is not None:
+            text, finish = trimmed, "stop"
+    why = revision_failure(text, finish, c.current.text, cstep.text if cstep else "", p.revision_request,
                            cfg.echo_threshold, example_revisions)
     if why is None and cfg.reject_evasive and is_evasive(text):
         why = "evasive"
