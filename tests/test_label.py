@@ -306,7 +306,8 @@ def test_cli_sample_then_label_writes_files_and_warns_plainly(tmp_path: Path) ->
     run = tmp_path / "run"
     res = CliRunner().invoke(cli, ["sample", str(run), "--set", "policy=mock/echo", "--set",
                                    f"prompts.red_team={prompts}", "--set", "prompts.helpful=''", "--set",
-                                   "prompts.red_team_limit=null", "--set", "sample.k=3"])
+                                   "prompts.red_team_limit=null", "--set", "prompts.split=all", "--set",
+                                   "sample.k=3"])
     assert res.exit_code == 0, res.output
     assert len(read_jsonl(run / "pairs.jsonl", AnswerPair)) == 6
     res = CliRunner().invoke(cli, ["label", str(run), "--set", "feedback=mock/echo?bias=0.9", "--set",
