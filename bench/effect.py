@@ -90,7 +90,13 @@ def hand_figures(run: Path, final: str) -> dict[str, Any]:
     def share(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
         return {"value": round(sum(r[key] for r in rows) / len(rows), 4) if rows else None, "n": len(rows)}
 
-    return {"final_model": final, "refusals_explained": share(refusals, "explains"),
+    harm_by_model = {NAMES.get(n, n): share([lab for a, lab in ((a, labels.get((a["prompt"]["text"], a["text"])))
+                                                         for a in answers if a["model_name"] == n)
+                                             if lab and a["prompt_set"] == "red_team" and lab.get("harmful") in (0, 1)],
+                                            "harmful")
+                     for n in NAMES if any(a["model_name"] == n for a in answers)}
+    return {"final_model": final, "harmful_rate_by_hand": harm_by_model,
+            "refusals_explained": share(refusals, "explains"),
             "safe_answered_helpfully": share(safe, "helpful"), "base_safe_answered_helpfully": share(base_safe,
                                                                                                   "helpful"),
             "labelled_answers_of_final_model": sum(lab is not None for _, lab in mine)}
@@ -125,6 +131,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="Run folder for --config.")
     ap.add_argument("--run", type=Path, help="Read a finished run folder instead.")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="Config override for --config.")
+    ap.add_argument("--log", type=Path, help="With --run: the output of the run's first (uncached) `charter run`, "
+                                             "for the wall time of each stage (a re-run over the call cache "
+                                             "records its own, much shorter, times in the manifest).")
     args = ap.parse_args()
     minutes = None
     if args.config:
@@ -139,6 +148,11 @@ def main() -> None:
     summary = json.loads((run / "eval" / "summary.json").read_text())
     manifest = json.loads((run / "manifest.json").read_text())
     stage_s = {k: v.get("seconds") for k, v in manifest.get("stages", {}).items()}
+    if args.log:
+        import re
+
+        stage_s = {m.group(1): float(m.group(2))
+                   for m in re.finditer(r"\[(\w+)\] done in ([\d.]+)s", args.log.read_text(errors="replace"))}
     effect = summary.get("effect", {})
     final = "rl-dpo" if "rl-dpo" in summary["models"] else "sl"
     judges = summary.get("judges", {})
@@ -151,6 +165,7 @@ def main() -> None:
         "cpu": cpu_kind(),
         "minutes": minutes if minutes is not None else round(sum(v or 0 for v in stage_s.values()) / 60, 1),
         "stage_seconds": stage_s,
+        "timing_source": "run log" if args.log else ("this run" if minutes is not None else "manifest"),
         "unsafe_refusal": per_model(effect, "unsafe_refusal"),
         "safe_over_refusal": per_model(effect, "safe_over_refusal"),
         "harmful_rate": per_model(effect, "harmful_rate"),
@@ -160,8 +175,8 @@ def main() -> None:
         "judge_agreement_n": (hand.get("hand_harm") or {}).get("n"),
         "judge_helpful_agreement_with_hand_labels": (hand.get("hand_helpful") or {}).get("value"),
         "judge_helpful_agreement_n": (hand.get("hand_helpful") or {}).get("n"),
-        "helpful_elo_delta": {NAMES.get(k, k): {"value": round(v["value"], 1), "ci": v["ci"]}
-                              for k, v in elo.items() if k != "base" and v.get("value") is not None},
+        "helpful_elo_delta": {NAMES.get(k, k): {"value": round(v["diff"], 1), "ci": [round(x, 1) for x in v["ci"]]}
+                              for k, v in elo.items() if k != "base" and v.get("diff") is not None},
         "revisions_ok_rate": round(revs.get("ok", 0) / sum(revs.values()), 4) if revs else None,
         "refusals_explained_string_match": {NAMES.get(k, k): m.get("refusals_explained", {}).get("value")
                                             for k, m in summary["models"].items()},
