@@ -94,4 +94,22 @@ def test_a_run_reads_several_files_in_order_uses_the_train_part_and_never_an_eva
     assert len([p for p in prompts if p.helpful]) == 5
     evaluation = {p.text for p in select(load_prompts(hh).prompts, "eval", hh)}
     assert not evaluation & {p.text for p in red}
-    assert info[str(hh)]["split"]["used"] == "train" and info[str(hh)]["prompts"] == 200 - 147
+    from charter.prompts import default_prompts
+
+    bundled = len(select(default_prompts("red_team").prompts, "train"))  # the bundled set is split too
+    assert bundled < 147 and info[str(hh)]["split"]["used"] == "train" and info[str(hh)]["prompts"] == 200 - bundled
+
+
+def test_the_bundled_sets_are_split_too_unless_a_file_says_all() -> None:
+    from charter.config import load_config
+    from charter.pipeline import load_run_prompts
+    from charter.prompts import default_prompts
+
+    evaluated = {p.text for kind in ("red_team", "helpful") for p in select(default_prompts(kind).prompts, "eval")}
+    cfg = load_config(None, ["prompts.split=train", "prompts.red_team_limit=null", "prompts.helpful_limit=null"])
+    used = [p.text for p in load_run_prompts(cfg)[0]]
+    assert used and not set(used) & evaluated
+    whole = load_config(None, ["prompts.split=train", "prompts.red_team_limit=null", "prompts.helpful_limit=null",
+                               "prompts.helpful={path: bundled, split: all}"])
+    texts = {p.text for p in load_run_prompts(whole)[0]}
+    assert {p.text for p in default_prompts("helpful").prompts} <= texts and set(texts) & evaluated

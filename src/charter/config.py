@@ -40,6 +40,8 @@ class PromptFile(BaseModel):
                                  description="Red-team files: keep only prompts the feedback model judges to ask "
                                              "for real help with harm with at least this probability (for files "
                                              "that mix harmful and harmless requests, like HH-RLHF red-team turns).")
+    split: Literal["all", "train", "eval"] | None = Field(
+        default=None, description="Part of this file to use (None = the run's prompts.split).")
 
     @model_validator(mode="before")
     @classmethod

@@ -58,19 +58,21 @@ def load_run_prompts(cfg: RunConfig) -> tuple[list[Prompt], dict[str, Any]]:
     part of the split. Prompts repeated across files (same text) are used once. Prompts of a red-team file with a
     ``triage`` threshold are marked in ``info["triage"]`` ({prompt id: threshold}) for the SL stage to sort."""
     from charter.prompts import PromptSet, default_prompts, load_prompts
+    from charter.splits import Selection
     from charter.splits import describe as describe_split
     from charter.splits import select as select_split
 
     pc = cfg.prompts
     info: dict[str, Any] = {"triage": {}}
 
-    def from_file(path: str, kind: str) -> PromptSet:
-        if path == "bundled":
-            return default_prompts(kind)
-        loaded = load_prompts(path, fmt=pc.format, field=pc.field, hh_mode=pc.hh_mode)
-        if pc.split != "all":
-            info[loaded.source] = {"split": describe_split(loaded.prompts, path, pc.split)}
-            loaded.prompts = select_split(loaded.prompts, pc.split, path)
+    def from_file(path: str, kind: str, split: Selection) -> PromptSet:
+        bundled = path == "bundled"
+        loaded = default_prompts(kind) if bundled else load_prompts(path, fmt=pc.format, field=pc.field,
+                                                                    hh_mode=pc.hh_mode)
+        if split != "all":  # the bundled sets too: `charter eval` with split=eval may evaluate on them
+            where = None if bundled else path
+            info[loaded.source] = {"split": describe_split(loaded.prompts, where, split)}
+            loaded.prompts = select_split(loaded.prompts, split, where)
         return loaded
 
     prompts: list[Prompt] = []
@@ -79,7 +81,7 @@ def load_run_prompts(cfg: RunConfig) -> tuple[list[Prompt], dict[str, Any]]:
     for kind, limit in (("red_team", pc.red_team_limit), ("helpful", pc.helpful_limit)):
         taken = 0
         for entry in pc.files(kind):
-            s = from_file(entry.path, kind)
+            s = from_file(entry.path, kind, entry.split or pc.split)
             kept: list[Prompt] = []
             for p in s.prompts:
                 key = " ".join(p.text.split()).casefold()
