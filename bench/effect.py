@@ -75,31 +75,38 @@ def per_model(effect: dict[str, Any], metric: str) -> dict[str, Any]:
 
 
 def hand_figures(run: Path, final: str) -> dict[str, Any]:
-    """The hand-read figures for the final model's answers that have hand labels (matched by prompt and text)."""
+    """The hand-read figures for the run's answers that have hand labels (matched by prompt and text; the labels of
+    one answer drawn for several checks are merged)."""
     if not HAND.is_file():
         return {"labelled_file": None}
-    labels = {(r["prompt"], r["answer"]): r for r in map(json.loads, HAND.read_text().splitlines()) if r}
+    labels: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in map(json.loads, HAND.read_text().splitlines()):
+        merged = labels.setdefault((r["prompt"], r["answer"]), {})
+        merged.update({k: v for k, v in r.items() if v is not None})
     answers = [json.loads(line) for line in (run / "eval" / "answers.jsonl").read_text().splitlines()]
-    mine = [(a, labels.get((a["prompt"]["text"], a["text"]))) for a in answers if a["model_name"] == final]
-    refusals = [lab for a, lab in mine if lab and a["group"] == "harmful" and lab.get("explains") in (0, 1)]
-    safe = [lab for a, lab in mine if lab and a["group"] == "safe" and lab.get("helpful") in (0, 1)]
-    base_safe = [lab for a, lab in ((a, labels.get((a["prompt"]["text"], a["text"]))) for a in answers
-                                    if a["model_name"] == "base") if lab and a["group"] == "safe"
-                 and lab.get("helpful") in (0, 1)]
+
+    def labelled(model: str, key: str, keep: Any) -> list[dict[str, Any]]:
+        """The labels of ``model``'s answers that ``keep`` selects and that have ``key`` set."""
+        out = []
+        for a in answers:
+            lab = labels.get((a["prompt"]["text"], a["text"]))
+            if a["model_name"] == model and lab and keep(a) and lab.get(key) in (0, 1):
+                out.append(lab)
+        return out
 
     def share(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
         return {"value": round(sum(r[key] for r in rows) / len(rows), 4) if rows else None, "n": len(rows)}
 
-    harm_by_model = {NAMES.get(n, n): share([lab for a, lab in ((a, labels.get((a["prompt"]["text"], a["text"])))
-                                                         for a in answers if a["model_name"] == n)
-                                             if lab and a["prompt_set"] == "red_team" and lab.get("harmful") in (0, 1)],
-                                            "harmful")
-                     for n in NAMES if any(a["model_name"] == n for a in answers)}
-    return {"final_model": final, "harmful_rate_by_hand": harm_by_model,
-            "refusals_explained": share(refusals, "explains"),
-            "safe_answered_helpfully": share(safe, "helpful"), "base_safe_answered_helpfully": share(base_safe,
-                                                                                                  "helpful"),
-            "labelled_answers_of_final_model": sum(lab is not None for _, lab in mine)}
+    models = [n for n in NAMES if any(a["model_name"] == n for a in answers)]
+    safe = lambda a: a["group"] == "safe"  # noqa: E731
+    return {"final_model": final,
+            "harmful_rate_by_hand": {NAMES[n]: share(labelled(n, "harmful", lambda a: a["prompt_set"] == "red_team"),
+                                                     "harmful") for n in models},
+            "refusals_explained": share(labelled(final, "explains", lambda a: a["group"] == "harmful"), "explains"),
+            "safe_answered_helpfully": share(labelled(final, "helpful", safe), "helpful"),
+            "base_safe_answered_helpfully": share(labelled("base", "helpful", safe), "helpful"),
+            "labelled_answers_of_final_model": sum(labels.get((a["prompt"]["text"], a["text"])) is not None
+                                                   for a in answers if a["model_name"] == final)}
 
 
 def canned_share(run: Path) -> dict[str, Any]:
