@@ -9,7 +9,7 @@ from charter.backends.mock import MockBackend
 from charter.constitution import load_constitution
 from charter.records import AnswerPair, PreferencePair, Prompt, Sample, read_jsonl
 from charter.stages.rlcd import RLCDConfig, rlcd_stage, system_prompts
-from charter.stages.sample import SampleConfig, run_sample, sample_stage
+from charter.stages.sample import SampleConfig, make_pairs, run_sample, sample_seed, sample_stage
 from charter.store import CachedBackend, CallCache, RunDir
 
 PROMPTS = [Prompt(id=f"q{i}", text=f"prompt {i}") for i in range(3)]
@@ -55,6 +55,31 @@ def test_sample_stage_writes_files_and_reruns_from_the_cache(tmp_path: Path) -> 
     sample_stage(SampleConfig(k=2), RunDir(tmp_path / "run"), PROMPTS, CachedBackend(again, RunDir(run.path).cache),
                  quiet=True)
     assert again.calls == []
+
+
+def test_contrast_pairs_keep_a_refusal_against_an_answer_when_a_prompt_has_both(tmp_path: Path) -> None:
+    refusing_seed = sample_seed(0, "q0", 3)  # the last of prompt 0's four answers refuses, every other one helps
+
+    def rule(r: GenRequest) -> str:
+        if r.params.seed == refusing_seed:
+            return "I'm sorry, but I can't help with that."
+        return f"Here is an answer to {r.messages[-1]['content']}, take {r.params.seed}."
+
+    cfg = SampleConfig(k=4, max_pairs_per_prompt=1)
+    samples, plain, summary = run_sample(cfg, PROMPTS, CachedBackend(MockBackend(rule=rule), CallCache(tmp_path / "c")),
+                                         quiet=True)
+    assert "contrast_pairs" not in summary
+    assert [(x.a_id, x.b_id) for x in plain] == [(by[0].id, by[1].id) for by in
+                                                 ([s for s in samples if s.prompt.id == p.id] for p in PROMPTS)]
+    contrast_cfg = cfg.model_copy(update={"contrast_pairs": True})
+    _, pairs, summary = run_sample(contrast_cfg, PROMPTS,
+                                   CachedBackend(MockBackend(rule=rule), CallCache(tmp_path / "c")), quiet=True)
+    assert summary["contrast_pairs"] == 1 and len(pairs) == 3
+    q0 = [s for s in samples if s.prompt.id == "q0"]
+    assert (pairs[0].a_id, pairs[0].b_id) == (q0[0].id, q0[3].id)  # the refusal against the first answer
+    assert [(x.a_id, x.b_id) for x in pairs[1:]] == [(x.a_id, x.b_id) for x in plain[1:]]  # no refusal: as before
+    again, _ = make_pairs(samples, max_pairs=1, contrast=True)
+    assert [x.id for x in again] == [x.id for x in pairs]
 
 
 def test_rlcd_pairs_are_labelled_by_construction_without_the_system_prompt(tmp_path: Path) -> None:

@@ -3,7 +3,10 @@
 Each answer is sampled with the configured temperature and its own seed (derived from the run seed, the prompt id
 and the sample index), so the K answers differ and a re-run reproduces them from the call cache. Answers that
 failed or came back empty are kept with their status but never paired; answers identical to an earlier one (after
-normalising case and whitespace) are not paired either, and both are counted in the summary. Every call goes
+normalising case and whitespace) are not paired either, and both are counted in the summary. With
+``contrast_pairs``, pairs where one answer refuses and the other does not come first (and so are the ones that
+``max_pairs_per_prompt`` keeps): the feedback model still decides which side wins; the choice of pair only spends the
+labelling on the boundary between refusing and helping, which is where the policy needs the signal. Every call goes
 through the run's call cache, so the stage resumes after a kill.
 """
 
@@ -33,6 +36,9 @@ class SampleConfig(BaseModel):
     max_new_tokens: int = Field(default=128, ge=1, description="Longest answer in tokens.")
     max_pairs_per_prompt: int | None = Field(default=None, ge=1,
                                              description="Keep at most this many of the K*(K-1)/2 pairs per prompt.")
+    contrast_pairs: bool = Field(default=False, description="Put first the pairs where one answer refuses and the "
+                                                             "other does not (string-match classifier), so "
+                                                             "max_pairs_per_prompt keeps them.")
     system_prompt: str | None = Field(default=None, description="System prompt put before every prompt (None = none).")
     max_prompts: int | None = Field(default=None, ge=1, description="Sample for at most this many prompts, evenly "
                                                                   "spaced through them (None = all).")
@@ -53,8 +59,19 @@ def _messages(cfg: SampleConfig, prompt: Prompt) -> list[Message]:
     return [*system, *prompt.messages()]
 
 
-def make_pairs(samples: Sequence[Sample], max_pairs: int | None = None) -> tuple[list[AnswerPair], Counter[str]]:
-    """Pair the usable, distinct answers of each prompt; returns the pairs and counts of what was not paired."""
+def _refuses(text: str) -> bool:
+    from charter.evaluation.refusal import classify_refusal, is_refusal  # here: evaluation imports the stages
+
+    return is_refusal(classify_refusal(text))
+
+
+def make_pairs(samples: Sequence[Sample], max_pairs: int | None = None,
+               contrast: bool = False) -> tuple[list[AnswerPair], Counter[str]]:
+    """Pair the usable, distinct answers of each prompt; returns the pairs and counts of what was not paired.
+
+    With ``contrast``, a prompt's pairs of one refusal and one answer come before the others (stable otherwise).
+    """
+    refuses = {s.id: _refuses(s.text) for s in samples if s.status == "ok"} if contrast else {}
     by_prompt: dict[str, list[Sample]] = {}
     for s in samples:
         by_prompt.setdefault(s.prompt.id, []).append(s)
@@ -71,7 +88,10 @@ def make_pairs(samples: Sequence[Sample], max_pairs: int | None = None) -> tuple
             else:
                 seen.add(_norm(s.text))
                 distinct.append(s)
-        combos = list(combinations(distinct, 2))[:max_pairs]
+        combos = list(combinations(distinct, 2))
+        if contrast:
+            combos.sort(key=lambda ab: refuses[ab[0].id] == refuses[ab[1].id])
+        combos = combos[:max_pairs]
         if not combos:
             unpaired["prompt_without_pair"] += 1
         for a, b in combos:
@@ -99,13 +119,15 @@ def run_sample(cfg: SampleConfig, prompts: Sequence[Prompt], policy: CachedBacke
                               parent_id=p.id, prompt=p, index=k, seed=seed, temperature=cfg.temperature,
                               model=policy.spec, template_hash=thash, text=text, finish_reason=g.finish_reason,
                               status=status))
-    pairs, unpaired = make_pairs(samples, cfg.max_pairs_per_prompt)
+    pairs, unpaired = make_pairs(samples, cfg.max_pairs_per_prompt, cfg.contrast_pairs)
     summary: dict[str, Any] = {
         "prompts": len(prompts), "samples": len(samples), "pairs": len(pairs), "model": policy.spec,
         "samples_by_status": dict(sorted(Counter(s.status for s in samples).items())),
         "cut_at_length": sum(s.finish_reason == "length" for s in samples),
         "not_paired": dict(sorted(unpaired.items())),
     }
+    if cfg.contrast_pairs:
+        summary["contrast_pairs"] = sum(_refuses(p.a) != _refuses(p.b) for p in pairs)
     return samples, pairs, summary
 
 
