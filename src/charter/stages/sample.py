@@ -62,7 +62,7 @@ def _messages(cfg: SampleConfig, prompt: Prompt) -> list[Message]:
 def _refuses(text: str) -> bool:
     from charter.evaluation.refusal import classify_refusal, is_refusal  # here: evaluation imports the stages
 
-    return is_refusal(classify_refusal(text))
+    return bool(is_refusal(classify_refusal(text)))
 
 
 def make_pairs(samples: Sequence[Sample], max_pairs: int | None = None,
