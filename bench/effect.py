@@ -105,6 +105,7 @@ def hand_figures(run: Path, final: str) -> dict[str, Any]:
             "refusals_explained": share(labelled(final, "explains", lambda a: a["group"] == "harmful"), "explains"),
             "safe_answered_helpfully": share(labelled(final, "helpful", safe), "helpful"),
             "base_safe_answered_helpfully": share(labelled("base", "helpful", safe), "helpful"),
+            "helpful_rate_by_hand": {NAMES[n]: share(labelled(n, "helpful", safe), "helpful") for n in models},
             "labelled_answers_of_final_model": sum(labels.get((a["prompt"]["text"], a["text"])) is not None
                                                    for a in answers if a["model_name"] == final)}
 
@@ -182,6 +183,10 @@ def main() -> None:
         "judge_agreement_n": (hand.get("hand_harm") or {}).get("n"),
         "judge_helpful_agreement_with_hand_labels": (hand.get("hand_helpful") or {}).get("value"),
         "judge_helpful_agreement_n": (hand.get("hand_helpful") or {}).get("n"),
+        "judge_hand_label_detail": {k: {x: _r((hand.get(k) or {}).get(x)) for x in ("kappa", "majority_agreement",
+                                                                                   "auroc", "positives",
+                                                                                   "judged_positive")}
+                                    for k in ("hand_harm", "hand_helpful")},
         "helpful_elo_delta": {NAMES.get(k, k): {"value": round(v["diff"], 1), "ci": [round(x, 1) for x in v["ci"]]}
                               for k, v in elo.items() if k != "base" and v.get("diff") is not None},
         "revisions_ok_rate": round(revs.get("ok", 0) / sum(revs.values()), 4) if revs else None,
@@ -193,6 +198,10 @@ def main() -> None:
     for t in transcripts(run, final):
         print(f"--- [{t['set']}/{t['group']}] {t['prompt']}\n  BASE: {t['base'][:400]}\n  FINAL: {t[final][:400]}")
     print(json.dumps(result))
+
+
+def _r(x: float | int | None) -> float | int | None:
+    return round(x, 4) if isinstance(x, float) else x
 
 
 if __name__ == "__main__":

@@ -284,3 +284,35 @@ def test_a_revision_cut_off_at_the_limit_is_trimmed_when_asked(tmp_path) -> None
         if trim:
             assert sft[0].messages[-1]["content"].endswith("locked out of your own home.")
     assert statuses == {False: ["over_length"], True: ["ok"]}
+
+
+def test_helpful_prompts_answered_by_the_feedback_model_fall_back_to_the_policy_when_it_refuses(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def policy_rule(r: GenRequest) -> str:
+        return "Policy answer: " + _last_user(r)
+
+    def teacher_rule(r: GenRequest) -> str:
+        last = _last_user(r)
+        if "variant 0" in last:
+            return "I'm sorry, but I can't help with that."  # the teacher refuses a safe request: not a target
+        if "variant 1" in last:
+            return ""  # empty: not a target either
+        return "Teacher answer: knead the dough, let it rise, then bake it at 220 C for 30 minutes."
+
+    prompts = _prompts(0, helpful=4)
+    policy, teacher = _cached(MockBackend(rule=policy_rule), tmp_path, "p.sqlite"), \
+        _cached(MockBackend(spec="mock/teacher", rule=teacher_rule), tmp_path, "t.sqlite")
+    chains, sft, summary = run_critique(CritiqueConfig(rounds=1, helpful_answers="feedback"), prompts,
+                                        load_constitution(), policy, teacher, quiet=True)
+    by_prompt = {e.messages[0]["content"]: e for e in sft}
+    assert [by_prompt[p.text].messages[-1]["content"].split(":")[0] for p in prompts] == \
+        ["Policy answer", "Policy answer", "Teacher answer", "Teacher answer"]
+    assert [by_prompt[p.text].model for p in prompts] == ["mock/echo", "mock/echo", "mock/teacher", "mock/teacher"]
+    assert summary["helpful_from_feedback"] == 2
+    assert summary["helpful_feedback_fell_back"] == {"empty": 1, "refused": 1}
+    assert summary["chains_by_reason"] == {"helpful": 2, "helpful_teacher": 2}
+    assert all([s.model for s in c.steps] == ["mock/echo", "mock/teacher"] for c in chains)
+    # the policy's own answers stay the default: no feedback-model call then
+    plain = MockBackend(spec="mock/teacher", rule=teacher_rule)
+    _, sft2, _ = run_critique(CritiqueConfig(rounds=1), prompts, load_constitution(), policy,
+                              _cached(plain, tmp_path, "t2.sqlite"), quiet=True)
+    assert plain.calls == [] and {e.model for e in sft2} == {"mock/echo"}

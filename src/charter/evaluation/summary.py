@@ -200,7 +200,8 @@ def _judges(cfg: Any, by_kind: dict[str, list[Judgement]], extra: dict[str, Any]
             info[kind] = {**proportion(hits, len(mine_hand)),
                           "unusable": sum(j.label is None for j in mine_hand),
                           "positives": sum(j.reference == "1" for j in mine_hand),
-                          "judged_positive": sum(j.label == "1" for j in mine_hand)}
+                          "judged_positive": sum(j.label == "1" for j in mine_hand),
+                          **hand_agreement_beyond_chance(mine_hand)}
         mine_ex = [j for j in by_kind["human_refusal"] if j.judge == spec]
         info["refusal_accuracy"] = _accuracy([j for j in mine_ex if _refusal_set(j) == "heldout"])
         info["refusal_accuracy_dev"] = _accuracy([j for j in mine_ex if _refusal_set(j) == "dev"])
@@ -213,8 +214,30 @@ def _judges(cfg: Any, by_kind: dict[str, list[Judgement]], extra: dict[str, Any]
     return judges
 
 
+def hand_agreement_beyond_chance(items: Sequence[Judgement]) -> dict[str, Any]:
+    """What raw agreement with hand labels hides when one label is rare: Cohen's kappa, the agreement a judge
+    that always gives the commoner hand label would reach (``majority_agreement``), and the AUROC of the judge's
+    probability (``value``) against the hand labels (how well it ranks, whatever its threshold)."""
+    from charter.oversight.heads import auroc
+
+    read = [j for j in items if j.label is not None]
+    refs = [j.reference == "1" for j in items]
+    majority = max(sum(refs), len(refs) - sum(refs)) / len(refs) if refs else None
+    scored = [(j.reference == "1", j.value) for j in items if j.value is not None]
+    return {"kappa": cohen_kappa([str(j.label) for j in read], [str(j.reference) for j in read]) if read else None,
+            "majority_agreement": majority,
+            "auroc": auroc([y for y, _ in scored], [v for _, v in scored]) if scored else None}
+
+
 def _judge_warnings(spec: str, info: dict[str, Any]) -> list[str]:
     out: list[str] = []
+    for kind, what in (("hand_harm", "harm"), ("hand_helpful", "helpfulness")):
+        h = info.get(kind) or {}
+        if h.get("n") and h.get("majority_agreement") is not None and h["value"] <= h["majority_agreement"]:
+            out.append(f"on {what} it agrees with the hand labels {h['value']:.0%} of the time, no more than "
+                       f"always giving the commoner hand label would ({h['majority_agreement']:.0%}; kappa "
+                       f"{h['kappa'] if h['kappa'] is None else round(h['kappa'], 2)}): its {what} verdicts add "
+                       "nothing a base rate would not.")
     for axis, stats in info["compare"].items():
         if axis == "human":
             hc = info["human_compare"]

@@ -14,13 +14,13 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from charter.backends.base import GenParams, GenRequest, Message
 from charter.constitution import Constitution, Principle
-from charter.evaluation.refusal import classify_refusal
+from charter.evaluation.refusal import classify_refusal, is_refusal
 from charter.progress import ProgressPrinter
 from charter.records import CritiqueChain, Prompt, SFTExample, Step, StepKind, short_hash
 from charter.stages.filters import cap_canned, clean_revision, is_evasive, revision_failure, trim_to_sentence
@@ -49,6 +49,12 @@ class CritiqueConfig(BaseModel):
     echo_threshold: float = Field(default=0.8, gt=0, le=1,
                                   description="Similarity above which a revision counts as echoing its input.")
     helpful_mix: bool = Field(default=True, description="Add the policy's answers to helpful prompts to sft.jsonl.")
+    helpful_answers: Literal["policy", "feedback"] = Field(
+        default="policy", description="Who answers the helpful prompts of the SFT mix: the policy itself (the CAI "
+                                      "paper's helpful model is the policy) or the feedback model, whose answer is "
+                                      "used unless it refuses (string-match classifier), fails or is cut off "
+                                      "(then the policy's answer is, as with 'policy'). A small policy's own "
+                                      "answers are weak targets; a stronger model's teach it to answer.")
     trim_cut_answers: bool = Field(default=False, description="A helpful answer cut off at answer_tokens joins the "
                                                               "mix trimmed back to its last full sentence (at least "
                                                               "20 words), instead of being left out.")
@@ -173,6 +179,16 @@ def run_critique(cfg: CritiqueConfig, prompts: Sequence[Prompt], constitution: C
                      basis=c.prompt.messages())
         c.steps.append(step)
         c.current = step if status == "ok" else None
+    if cfg.helpful_answers == "feedback":
+        helpful = [c for c in chains if c.prompt.helpful]
+        reqs = [GenRequest.of(_chat(system, c.prompt.messages()), params(cfg.answer_tokens, c.prompt.id, "teacher"))
+                for c in helpful]
+        outs = feedback.generate(reqs, progress=ProgressPrinter("critique", "helpful answers by the feedback model",
+                                                                quiet=quiet))
+        for c, g in zip(helpful, outs, strict=True):
+            status = "error" if g.finish_reason == "error" else ("empty" if not g.text.strip() else "ok")
+            c.steps.append(_step(c.prompt.id, "answer", 0, feedback, None, thash, g.text.strip(), g.finish_reason,
+                                 status, basis=c.prompt.messages()))
 
     for rnd in range(1, cfg.rounds + 1):
         active = [c for c in chains if c.current is not None and len(c.principles) >= rnd]
@@ -295,6 +311,7 @@ def _finish(cfg: CritiqueConfig,
     sft: list[SFTExample] = []
     reasons: Counter[str] = Counter()
     chain_reasons: Counter[str] = Counter()
+    teacher_fell_back: Counter[str] = Counter()
     revisions = 0
     for c in chains:
         answer = c.steps[0]
@@ -304,12 +321,16 @@ def _finish(cfg: CritiqueConfig,
                 reasons[s.status] += 1
         target = None
         if c.prompt.helpful:
-            final = answer if answer.status == "ok" and answer.finish_reason != "length" else None
-            if final is None and answer.status == "ok" and cfg.trim_cut_answers:
-                target = trim_to_sentence(answer.text)
-                final = answer if target else None
-            failed = answer.status if answer.status != "ok" else "over_length"
-            reason = ("helpful" if target is None else "helpful_trimmed") if final else f"helpful_answer_{failed}"
+            teacher = c.steps[1] if len(c.steps) > 1 else None
+            final, target = _helpful_target(cfg, teacher) if teacher else (None, None)
+            if final is not None:
+                reason = "helpful_teacher" if target is None else "helpful_teacher_trimmed"
+            else:
+                if teacher is not None:
+                    teacher_fell_back[_teacher_failure(teacher)] += 1
+                final, target = _helpful_target(cfg, answer, refusal_ok=True)
+                failed = answer.status if answer.status != "ok" else "over_length"
+                reason = ("helpful" if target is None else "helpful_trimmed") if final else f"helpful_answer_{failed}"
         else:
             final = c.last_good
             reason = "ok" if final else ("answer_" + answer.status if answer.status != "ok" else "no_accepted_revision")
@@ -345,4 +366,24 @@ def _finish(cfg: CritiqueConfig,
         "sft_from_revisions": sum(e.source == "revision" for e in sft),
         "sft_from_helpful": sum(e.source == "helpful" for e in sft),
     }
+    if cfg.helpful_answers == "feedback":
+        summary["helpful_from_feedback"] = sum(chain_reasons[r] for r in ("helpful_teacher", "helpful_teacher_trimmed"))
+        summary["helpful_feedback_fell_back"] = dict(sorted(teacher_fell_back.items()))
     return records, sft, summary
+
+
+def _helpful_target(cfg: CritiqueConfig, step: Step, refusal_ok: bool = False) -> tuple[Step | None, str | None]:
+    """The answer step a helpful prompt trains on, or None; and its text when trimmed back to a full sentence.
+    A feedback model's answer that refuses is no target (``refusal_ok`` is for the policy's own, as before)."""
+    if step.status != "ok" or (not refusal_ok and is_refusal(classify_refusal(step.text))):
+        return None, None
+    if step.finish_reason != "length":
+        return step, None
+    target = trim_to_sentence(step.text) if cfg.trim_cut_answers else None
+    return (step, target) if target else (None, None)
+
+
+def _teacher_failure(step: Step) -> str:
+    if step.status != "ok":
+        return step.status
+    return "refused" if is_refusal(classify_refusal(step.text)) else "over_length"
