@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from charter.backends.base import GenParams, GenRequest, Message
+from charter.evaluation.refusal import classify_refusal, is_refusal
 from charter.progress import ProgressPrinter
 from charter.records import AnswerPair, Prompt, Sample, short_hash, write_jsonl
 from charter.store import CachedBackend, RunDir
@@ -60,8 +61,6 @@ def _messages(cfg: SampleConfig, prompt: Prompt) -> list[Message]:
 
 
 def _refuses(text: str) -> bool:
-    from charter.evaluation.refusal import classify_refusal, is_refusal  # here: evaluation imports the stages
-
     return bool(is_refusal(classify_refusal(text)))
 
 
