@@ -118,6 +118,11 @@ def is_refusal(label: str | None) -> bool | None:
     return label in ("full_refusal", "partial_refusal")
 
 
+def refuses(text: str) -> bool:
+    """Whether the string matcher calls ``text`` a full or partial refusal."""
+    return bool(is_refusal(classify_refusal(text)))
+
+
 def labelled_examples(name: str = LABELLED_FILE) -> list[dict[str, Any]]:
     """Bundled hand-labelled responses: ``[{prompt, response, label}]``, ``label`` in :data:`CLASSES`
     (default: the string matcher's development set; :func:`heldout_examples` for the held-out set)."""

@@ -39,6 +39,7 @@ from charter.evaluation.refusal import (
     refusal_choice,
     refusal_is_harmless,
     refusal_is_unhelpful,
+    refuses,
 )
 from charter.evaluation.session import (
     EvalConfig,
@@ -182,7 +183,7 @@ def run_eval(cfg: EvalConfig, run: RunDir, models: dict[str, str], quiet: bool =
             items = []
             for a in answers:
                 h = harm.get(f"{a.id}|", Reading(None, status="not_asked"))
-                refused = bool(is_refusal(classify_refusal(a.text)))
+                refused = refuses(a.text)
                 if refusal:
                     refused = refused or bool(is_refusal(refusal_label(refusal[f"{a.id}|"])))
                 for p in constitution.principles:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from charter.backends.base import GenParams, GenRequest, Message
 from charter.constitution import Constitution, Principle
-from charter.evaluation.refusal import classify_refusal, is_refusal
+from charter.evaluation.refusal import classify_refusal, refuses
 from charter.progress import ProgressPrinter
 from charter.records import CritiqueChain, Prompt, SFTExample, Step, StepKind, short_hash
 from charter.stages.filters import cap_canned, clean_revision, is_evasive, revision_failure, trim_to_sentence
@@ -322,14 +322,13 @@ def _finish(cfg: CritiqueConfig,
         target = None
         if c.prompt.helpful:
             teacher = c.steps[1] if len(c.steps) > 1 else None
-            final, target = _helpful_target(cfg, teacher) if teacher else (None, None)
+            final, target, why = _helpful_target(cfg, teacher) if teacher else (None, None, "")
             if final is not None:
                 reason = "helpful_teacher" if target is None else "helpful_teacher_trimmed"
             else:
                 if teacher is not None:
-                    teacher_fell_back[_teacher_failure(teacher)] += 1
-                final, target = _helpful_target(cfg, answer, refusal_ok=True)
-                failed = answer.status if answer.status != "ok" else "over_length"
+                    teacher_fell_back[why] += 1
+                final, target, failed = _helpful_target(cfg, answer, refusal_ok=True)
                 reason = ("helpful" if target is None else "helpful_trimmed") if final else f"helpful_answer_{failed}"
         else:
             final = c.last_good
@@ -372,18 +371,16 @@ def _finish(cfg: CritiqueConfig,
     return records, sft, summary
 
 
-def _helpful_target(cfg: CritiqueConfig, step: Step, refusal_ok: bool = False) -> tuple[Step | None, str | None]:
-    """The answer step a helpful prompt trains on, or None; and its text when trimmed back to a full sentence.
-    A feedback model's answer that refuses is no target (``refusal_ok`` is for the policy's own, as before)."""
-    if step.status != "ok" or (not refusal_ok and is_refusal(classify_refusal(step.text))):
-        return None, None
-    if step.finish_reason != "length":
-        return step, None
-    target = trim_to_sentence(step.text) if cfg.trim_cut_answers else None
-    return (step, target) if target else (None, None)
-
-
-def _teacher_failure(step: Step) -> str:
+def _helpful_target(cfg: CritiqueConfig, step: Step,
+                    refusal_ok: bool = False) -> tuple[Step | None, str | None, str]:
+    """The answer step a helpful prompt trains on (or None), its text when trimmed back to a full sentence, and why
+    it is no target ('' when it is one). A feedback model's answer that refuses is no target (``refusal_ok`` is for
+    the policy's own, as before)."""
     if step.status != "ok":
-        return step.status
-    return "refused" if is_refusal(classify_refusal(step.text)) else "over_length"
+        return None, None, step.status
+    if not refusal_ok and refuses(step.text):
+        return None, None, "refused"
+    if step.finish_reason != "length":
+        return step, None, ""
+    target = trim_to_sentence(step.text) if cfg.trim_cut_answers else None
+    return (step, target, "") if target else (None, None, "over_length")

@@ -79,9 +79,9 @@ def revision_failure(revision: str, finish_reason: str, previous: str, critique:
 
 def is_evasive(text: str) -> bool:
     """A refusal (string match, full or partial) that says neither why nor what to do instead."""
-    from charter.evaluation.refusal import classify_refusal, explains_refusal, is_refusal
+    from charter.evaluation.refusal import explains_refusal, refuses
 
-    return bool(is_refusal(classify_refusal(text))) and not explains_refusal(text)
+    return refuses(text) and not explains_refusal(text)
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")

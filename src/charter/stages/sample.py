@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from charter.backends.base import GenParams, GenRequest, Message
-from charter.evaluation.refusal import classify_refusal, is_refusal
+from charter.evaluation.refusal import refuses
 from charter.progress import ProgressPrinter
 from charter.records import AnswerPair, Prompt, Sample, short_hash, write_jsonl
 from charter.store import CachedBackend, RunDir
@@ -60,17 +60,13 @@ def _messages(cfg: SampleConfig, prompt: Prompt) -> list[Message]:
     return [*system, *prompt.messages()]
 
 
-def _refuses(text: str) -> bool:
-    return bool(is_refusal(classify_refusal(text)))
-
-
 def make_pairs(samples: Sequence[Sample], max_pairs: int | None = None,
                contrast: bool = False) -> tuple[list[AnswerPair], Counter[str]]:
     """Pair the usable, distinct answers of each prompt; returns the pairs and counts of what was not paired.
 
     With ``contrast``, a prompt's pairs of one refusal and one answer come before the others (stable otherwise).
     """
-    refuses = {s.id: _refuses(s.text) for s in samples if s.status == "ok"} if contrast else {}
+    refusal = {s.id: refuses(s.text) for s in samples if s.status == "ok"} if contrast else {}
     by_prompt: dict[str, list[Sample]] = {}
     for s in samples:
         by_prompt.setdefault(s.prompt.id, []).append(s)
@@ -89,7 +85,7 @@ def make_pairs(samples: Sequence[Sample], max_pairs: int | None = None,
                 distinct.append(s)
         combos = list(combinations(distinct, 2))
         if contrast:
-            combos.sort(key=lambda ab: refuses[ab[0].id] == refuses[ab[1].id])
+            combos.sort(key=lambda ab: refusal[ab[0].id] == refusal[ab[1].id])
         combos = combos[:max_pairs]
         if not combos:
             unpaired["prompt_without_pair"] += 1
@@ -126,7 +122,7 @@ def run_sample(cfg: SampleConfig, prompts: Sequence[Prompt], policy: CachedBacke
         "not_paired": dict(sorted(unpaired.items())),
     }
     if cfg.contrast_pairs:
-        summary["contrast_pairs"] = sum(_refuses(p.a) != _refuses(p.b) for p in pairs)
+        summary["contrast_pairs"] = sum(refuses(p.a) != refuses(p.b) for p in pairs)
     return samples, pairs, summary
 
 
