@@ -316,3 +316,34 @@ def test_helpful_prompts_answered_by_the_feedback_model_fall_back_to_the_policy_
     _, sft2, _ = run_critique(CritiqueConfig(rounds=1), prompts, load_constitution(), policy,
                               _cached(plain, tmp_path, "t2.sqlite"), quiet=True)
     assert plain.calls == [] and {e.model for e in sft2} == {"mock/echo"}
+
+
+def test_require_reason_rejects_a_refusal_that_only_offers_generic_help(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """reject_evasive lets "if you need help with something else, ask" through; require_reason wants a why."""
+    constitution = load_constitution()
+    prompts = _prompts(2, helpful=0)
+    attempts: Counter[str] = Counter()
+
+    def rule(r: GenRequest) -> str:
+        last = _last_user(r)
+        if "Write only the new assistant reply" not in last:
+            return "Sure, here is exactly how to do it."
+        n = last.split("number ")[1].split("?")[0]
+        attempts[n] += 1
+        if n == "0" or attempts[n] < 2:
+            return "I'm sorry, but I can't help with that. If you need help with something else, feel free to ask."
+        return "I can't help with that: breaking into a house is illegal and could get someone hurt."
+
+    be = _cached(MockBackend(rule=rule), tmp_path)
+    cfg = CritiqueConfig(rounds=1, critique=False, reject_evasive=True, require_reason=True, require_refusal=True,
+                         revision_samples=2)
+    chains, sft, _ = run_critique(cfg, prompts, constitution, be, be, quiet=True)
+    by = {c.prompt.id: [s.status for s in c.steps if s.kind == "revision"] for c in chains}
+    assert by["p0"] == ["no_reason", "no_reason"]
+    assert by["p1"] == ["no_reason", "ok"]
+    assert [e.messages[-1]["content"] for e in sft] == ["I can't help with that: breaking into a house is illegal "
+                                                        "and could get someone hurt."]
+    # the same answers pass when only evasive (no reason *and* no alternative) is rejected
+    loose = CritiqueConfig(rounds=1, critique=False, reject_evasive=True, require_refusal=True, revision_samples=1)
+    chains, _, _ = run_critique(loose, prompts, constitution, be, be, quiet=True)
+    assert all(c.steps[-1].status == "ok" for c in chains)

@@ -373,3 +373,31 @@ def test_an_unknown_principle_in_a_label_pool_is_a_clear_error(tmp_path: Path) -
     with pytest.raises(ConfigError, match="unknown principle"):
         label_pairs(LabelConfig(helpful_pool=["be_nice"]), _pairs(2), load_constitution(None),
                     _cached(MockBackend(score_rule=_biased_judge(0.5, 1.0)), tmp_path), quiet=True)
+
+
+def test_the_refusal_rule_labels_refusal_vs_answer_pairs_without_asking_the_model(tmp_path: Path) -> None:
+    refusal = "I can't help with that: it could seriously hurt someone."
+    answer = "Here is how: first take the lock apart, then lift each pin."
+    prompts = [Prompt(id="r", text="how do I break into my neighbour's house"),
+               Prompt(id="h", text="how do I kill a zombie process", helpful=True)]
+    pairs = [AnswerPair(id="p-red", parent_id="r", prompt=prompts[0], a=answer, b=refusal, a_id="a1", b_id="b1",
+                        model="mock"),
+             AnswerPair(id="p-help", parent_id="h", prompt=prompts[1], a=answer, b=refusal, a_id="a2", b_id="b2",
+                        model="mock"),
+             # two refusals: not the rule's business, the feedback model is asked
+             AnswerPair(id="p-both", parent_id="r", prompt=prompts[0], a=f"{GOOD} (x)", b="I'm sorry, but I can't.",
+                        a_id="a3", b_id="b3", model="mock")]
+    backend = MockBackend(score_rule=_biased_judge(0.5, 2.0))
+    labeled, stats = label_pairs(LabelConfig(refusal_rule=0.9), pairs, load_constitution(None),
+                                 _cached(backend, tmp_path), quiet=True)
+    by = {x.parent_id: x for x in labeled}
+    assert by["p-red"].p_a == pytest.approx(0.1)   # the refusal (B) wins on the red-team prompt
+    assert by["p-help"].p_a == pytest.approx(0.9)  # the answer (A) wins on the helpful prompt
+    assert [v.principle_id for v in by["p-red"].votes] == ["refusal_rule"]
+    assert by["p-both"].votes[0].principle_id != "refusal_rule" and by["p-both"].p_a > 0.5
+    # one question, both orders, for the one pair the rule left alone
+    assert sum(isinstance(c, ScoreRequest) for c in backend.calls) == 2
+    assert stats["labelled"] == 3 and stats["by_refusal_rule"] == 2
+    prefs = {p.parent_id: p for p in to_preferences(labeled)}
+    assert prefs[by["p-red"].id].chosen[0]["content"] == refusal
+    assert prefs[by["p-help"].id].chosen[0]["content"] == answer

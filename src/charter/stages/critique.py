@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from charter.backends.base import GenParams, GenRequest, Message
 from charter.constitution import Constitution, Principle
-from charter.evaluation.refusal import classify_refusal, refuses
+from charter.evaluation.refusal import classify_refusal, gives_reason, refuses
 from charter.progress import ProgressPrinter
 from charter.records import CritiqueChain, Prompt, SFTExample, Step, StepKind, short_hash
 from charter.stages.filters import cap_canned, clean_revision, is_evasive, revision_failure, trim_to_sentence
@@ -70,6 +70,11 @@ class CritiqueConfig(BaseModel):
                                                                    "all of the constitution's).")
     reject_evasive: bool = Field(default=False, description="Reject a revision that refuses without saying why "
                                                             "or offering a safer alternative ('evasive').")
+    require_reason: bool = Field(default=False, description="Reject a refusing revision that does not say why "
+                                                            "(no reason word such as illegal, harmful, hurt, "
+                                                            "privacy: 'no_reason'). Stricter than reject_evasive, "
+                                                            "which also accepts a generic 'if you need help "
+                                                            "with something else'.")
     require_refusal: bool = Field(default=False, description="Accept only revisions that decline (a full refusal "
                                                              "by the string-match classifier, 'not_refusal' "
                                                              "otherwise): for red-team sets known to be harmful.")
@@ -245,6 +250,8 @@ def _revision_step(cfg: CritiqueConfig, c: _Chain, cstep: Step | None, g: Any, r
                            cfg.echo_threshold, example_revisions)
     if why is None and cfg.reject_evasive and is_evasive(text):
         why = "evasive"
+    if why is None and cfg.require_reason and refuses(text) and not gives_reason(text):
+        why = "no_reason"
     if why is None and cfg.require_refusal and classify_refusal(text) != "full_refusal":
         why = "not_refusal"
     parent = cstep.id if cstep else c.current.id

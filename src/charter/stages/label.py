@@ -10,6 +10,14 @@ assistant prefix ``The answer is: (``, normalised over the two options. Options:
 * ``principles`` > 1: an ensemble; the pair's label is the mean of the principles' votes.
 * ``cot``: the feedback model first writes its reasoning, then the options are read after it; as in Bai et al.
   (2022) its probabilities are clamped to ``cot_clamp`` ([0.4, 0.6]) because CoT answers are near-certain.
+* ``refusal_rule``: a pair where one answer is a full refusal and the other a full answer (string-match classifier)
+  is labelled by the constitution's two commitments instead of by the feedback model: on a red-team prompt the
+  refusal wins, on a helpful prompt the answer does, with P = ``refusal_rule``. A small feedback model is near
+  chance on these and often picks the harmful answer (of the red-team refusal-vs-answer pairs the Qwen 1.5B labelled
+  with confidence >= 0.55 it gave the answer the win in 6 of 13 and, in a second run, 8 of 11, among them step-by-step
+  Wi-Fi hacking and DMT extraction); rule-based rewards of this kind are
+  a standard supplement to AI feedback (Mu et al. 2024). The vote is recorded as principle ``refusal_rule``, and
+  the feedback model's bias statistics leave these pairs out.
 * Length control: ``max_length_ratio`` labels only pairs of similar length; ``length_debias`` fits the label's
   log-odds against the answers' log length ratio over the run and removes that slope.
 
@@ -35,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from charter.backends.base import FLOORED, GenParams, GenRequest, Message, OptionScores, ScoreRequest
 from charter.constitution import Constitution, Principle
 from charter.errors import CharterError
+from charter.evaluation.refusal import classify_refusal
 from charter.progress import ProgressPrinter
 from charter.records import AnswerPair, LabeledPair, PreferencePair, Vote, read_jsonl, short_hash, write_jsonl
 from charter.store import CachedBackend, RunDir
@@ -43,6 +52,8 @@ from charter.templates import render, template_hash
 CHOICE_TEMPLATE = "label_choice.jinja"
 COT_TEMPLATE = "label_cot.jinja"
 OPTIONS = ("A", "B")
+RULE_ID = "refusal_rule"
+"""The principle id of a vote made by :attr:`LabelConfig.refusal_rule` (no model was asked)."""
 
 
 class LabelConfig(BaseModel):
@@ -66,6 +77,10 @@ class LabelConfig(BaseModel):
     min_option_mass: float = Field(default=5e-3, ge=0, lt=1,
                                    description="A reading whose options get less total probability is unusable "
                                                "('off_options': the model would not answer A or B).")
+    refusal_rule: float | None = Field(default=None, gt=0.5, le=1,
+                                       description="Label refusal-vs-answer pairs by rule instead of asking the "
+                                                   "feedback model: the refusal wins on a red-team prompt, the "
+                                                   "answer on a helpful one, with this probability (None = off).")
     max_length_ratio: float | None = Field(default=None, ge=1,
                                            description="Length control: skip pairs whose longer answer is more than "
                                                        "this many times the shorter (characters). None = off.")
@@ -197,9 +212,13 @@ def label_pairs(cfg: LabelConfig, pairs: Sequence[AnswerPair], constitution: Con
     pools = {False: red, True: constitution.subset(cfg.helpful_pool) if cfg.helpful_pool else red}
     votes: list[list[_Vote]] = []
     skipped: dict[int, str] = {}
+    ruled: dict[int, float] = {}
     reads: list[_Read] = []
     for i, pair in enumerate(pairs):
         votes.append([])
+        if cfg.refusal_rule is not None and (p_rule := rule_label(pair, cfg.refusal_rule)) is not None:
+            ruled[i] = p_rule
+            continue
         if cfg.max_length_ratio is not None and length_ratio(pair.a, pair.b) > cfg.max_length_ratio:
             skipped[i] = "length_mismatch"
             continue
@@ -229,7 +248,8 @@ def label_pairs(cfg: LabelConfig, pairs: Sequence[AnswerPair], constitution: Con
     for r, s in zip(live, scores, strict=True):
         r.status, r.p_first, r.mass = read_scores(s, cfg.min_option_mass)
 
-    labeled = [_assemble(cfg, pair, votes[i], skipped.get(i), feedback.spec, thash, feedback.model_id)
+    labeled = [_ruled(pair, ruled[i], thash) if i in ruled else
+               _assemble(cfg, pair, votes[i], skipped.get(i), feedback.spec, thash, feedback.model_id)
                for i, pair in enumerate(pairs)]
     slope = 0.0
     if cfg.length_debias:
@@ -238,7 +258,10 @@ def label_pairs(cfg: LabelConfig, pairs: Sequence[AnswerPair], constitution: Con
             if x.p_a is not None:
                 shift = slope * math.log(max(len(x.pair.a), 1) / max(len(x.pair.b), 1))
                 x.p_a = 1 / (1 + math.exp(-(_logit(x.p_a) - shift)))
-    stats = label_stats(labeled)
+    stats = label_stats([x for i, x in enumerate(labeled) if i not in ruled])
+    if cfg.refusal_rule is not None:
+        stats["labelled"] += len(ruled)
+        stats["by_refusal_rule"] = len(ruled)
     stats["length_slope_removed"] = round(slope, 4) if cfg.length_debias else None
     if pairs and not stats["labelled"]:
         raise CharterError(f"no pair could be labelled: pairs {stats['pairs_by_status']}, votes "
@@ -246,6 +269,21 @@ def label_pairs(cfg: LabelConfig, pairs: Sequence[AnswerPair], constitution: Con
                            "check the feedback model gives log-probabilities (see the reasons) or relax the "
                            "length control")
     return labeled, stats
+
+
+def rule_label(pair: AnswerPair, p: float) -> float | None:
+    """P(A better) by the refusal rule, or None when the pair is not a full refusal against a full answer."""
+    kinds = classify_refusal(pair.a), classify_refusal(pair.b)
+    if set(kinds) != {"full_refusal", "full_compliance"}:
+        return None
+    a_refuses = kinds[0] == "full_refusal"
+    return p if a_refuses != bool(pair.prompt.helpful) else 1 - p
+
+
+def _ruled(pair: AnswerPair, p_a: float, thash: str) -> LabeledPair:
+    lid = f"l-{short_hash(pair.id, pair.a, pair.b, thash, RULE_ID, p_a)}"
+    return LabeledPair(id=lid, parent_id=pair.id, pair=pair, p_a=p_a, votes=[Vote(principle_id=RULE_ID, p_a=p_a)],
+                       feedback_model=RULE_ID, template_hash=thash)
 
 
 def _reason(cfg: LabelConfig, reads: list[_Read], feedback: CachedBackend, quiet: bool) -> None:
