@@ -397,7 +397,7 @@ def test_the_refusal_rule_labels_refusal_vs_answer_pairs_without_asking_the_mode
     assert by["p-both"].votes[0].principle_id != "refusal_rule" and by["p-both"].p_a > 0.5
     # one question, both orders, for the one pair the rule left alone
     assert sum(isinstance(c, ScoreRequest) for c in backend.calls) == 2
-    assert stats["labelled"] == 3 and stats["by_refusal_rule"] == 2
+    assert stats["pairs"] == stats["labelled"] == 3 and stats["by_refusal_rule"] == 2
     prefs = {p.parent_id: p for p in to_preferences(labeled)}
     assert prefs[by["p-red"].id].chosen[0]["content"] == refusal
     assert prefs[by["p-help"].id].chosen[0]["content"] == answer

@@ -260,7 +260,7 @@ def label_pairs(cfg: LabelConfig, pairs: Sequence[AnswerPair], constitution: Con
                 x.p_a = 1 / (1 + math.exp(-(_logit(x.p_a) - shift)))
     stats = label_stats([x for i, x in enumerate(labeled) if i not in ruled])
     if cfg.refusal_rule is not None:
-        stats["labelled"] += len(ruled)
+        stats["pairs"], stats["labelled"] = len(labeled), stats["labelled"] + len(ruled)
         stats["by_refusal_rule"] = len(ruled)
     stats["length_slope_removed"] = round(slope, 4) if cfg.length_debias else None
     if pairs and not stats["labelled"]:
