@@ -388,7 +388,8 @@ def test_the_refusal_rule_labels_refusal_vs_answer_pairs_without_asking_the_mode
              AnswerPair(id="p-both", parent_id="r", prompt=prompts[0], a=f"{GOOD} (x)", b="I'm sorry, but I can't.",
                         a_id="a3", b_id="b3", model="mock")]
     backend = MockBackend(score_rule=_biased_judge(0.5, 2.0))
-    labeled, stats = label_pairs(LabelConfig(refusal_rule=0.9), pairs, load_constitution(None),
+    # length_debias must leave the rule's labels alone (the answers differ in length)
+    labeled, stats = label_pairs(LabelConfig(refusal_rule=0.9, length_debias=True), pairs, load_constitution(None),
                                  _cached(backend, tmp_path), quiet=True)
     by = {x.parent_id: x for x in labeled}
     assert by["p-red"].p_a == pytest.approx(0.1)   # the refusal (B) wins on the red-team prompt

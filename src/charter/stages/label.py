@@ -15,9 +15,9 @@ assistant prefix ``The answer is: (``, normalised over the two options. Options:
   refusal wins, on a helpful prompt the answer does, with P = ``refusal_rule``. A small feedback model is near
   chance on these and often picks the harmful answer (of the red-team refusal-vs-answer pairs the Qwen 1.5B labelled
   with confidence >= 0.55 it gave the answer the win in 6 of 13 and, in a second run, 8 of 11, among them step-by-step
-  Wi-Fi hacking and DMT extraction); rule-based rewards of this kind are
-  a standard supplement to AI feedback (Mu et al. 2024). The vote is recorded as principle ``refusal_rule``, and
-  the feedback model's bias statistics leave these pairs out.
+  Wi-Fi hacking and DMT extraction); rule-based rewards of this kind are a standard supplement to AI feedback (Mu et
+  al. 2024). The vote is recorded as principle ``refusal_rule``; the feedback model's bias statistics and the length
+  debiasing leave these pairs out.
 * Length control: ``max_length_ratio`` labels only pairs of similar length; ``length_debias`` fits the label's
   log-odds against the answers' log length ratio over the run and removes that slope.
 
@@ -252,9 +252,10 @@ def label_pairs(cfg: LabelConfig, pairs: Sequence[AnswerPair], constitution: Con
                _assemble(cfg, pair, votes[i], skipped.get(i), feedback.spec, thash, feedback.model_id)
                for i, pair in enumerate(pairs)]
     slope = 0.0
-    if cfg.length_debias:
-        slope = length_slope(labeled)
-        for x in labeled:
+    if cfg.length_debias:  # the feedback model's length bias: rule labels have none to remove
+        judged = [x for i, x in enumerate(labeled) if i not in ruled]
+        slope = length_slope(judged)
+        for x in judged:
             if x.p_a is not None:
                 shift = slope * math.log(max(len(x.pair.a), 1) / max(len(x.pair.b), 1))
                 x.p_a = 1 / (1 + math.exp(-(_logit(x.p_a) - shift)))
