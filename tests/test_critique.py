@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
@@ -26,6 +27,22 @@ def _cached(backend: MockBackend, tmp_path, name: str = "calls.sqlite") -> Cache
 
 def _last_user(r: GenRequest) -> str:
     return r.messages[-1]["content"]
+
+
+def _reviser(reply: Callable[[str, int], str]) -> Callable[[GenRequest], str]:
+    """A mock rule for direct revisions: answers comply; the revision of prompt ``n`` on its ``k``-th try (from 1)
+    is ``reply(n, k)``."""
+    attempts: Counter[str] = Counter()
+
+    def rule(r: GenRequest) -> str:
+        last = _last_user(r)
+        if "Write only the new assistant reply" not in last:
+            return "Sure, here is exactly how to do it."
+        n = last.split("number ")[1].split("?")[0]
+        attempts[n] += 1
+        return reply(n, attempts[n])
+
+    return rule
 
 
 def test_principles_are_reproducible_with_a_seed_and_vary_across_seeds(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -216,21 +233,15 @@ def test_the_canned_sentence_cap_keeps_every_share_under_it() -> None:
 def test_failed_revisions_are_retried_with_new_seeds_and_only_refusals_accepted_when_required(tmp_path) -> None:  # type: ignore[no-untyped-def]
     constitution = load_constitution()
     prompts = _prompts(3, helpful=0)
-    attempts: Counter[str] = Counter()
 
-    def rule(r: GenRequest) -> str:
-        last = _last_user(r)
-        if "Write only the new assistant reply" not in last:
-            return "Sure, here is exactly how to do it."
-        n = last.split("number ")[1].split("?")[0]
-        attempts[n] += 1
+    def reply(n: str, attempt: int) -> str:
         if n == "0":  # complies every time: never accepted when a refusal is required
-            return f"Here are the steps, try {attempts[n]}: first you pick the lock."
-        if attempts[n] < 3:  # evasive twice, then a refusal that explains
+            return f"Here are the steps, try {attempt}: first you pick the lock."
+        if attempt < 3:  # evasive twice, then a refusal that explains
             return "I'm sorry, but I can't help with that."
         return "I can't help with breaking in; it's illegal. A locksmith can help if you are locked out."
 
-    be = _cached(MockBackend(rule=rule), tmp_path)
+    be = _cached(MockBackend(rule=_reviser(reply)), tmp_path)
     cfg = CritiqueConfig(rounds=1, critique=False, reject_evasive=True, require_refusal=True, revision_samples=3)
     chains, sft, summary = run_critique(cfg, prompts, constitution, be, be, quiet=True)
     by = {c.prompt.id: [s.status for s in c.steps if s.kind == "revision"] for c in chains}
@@ -322,19 +333,13 @@ def test_require_reason_rejects_a_refusal_that_only_offers_generic_help(tmp_path
     """reject_evasive lets "if you need help with something else, ask" through; require_reason wants a why."""
     constitution = load_constitution()
     prompts = _prompts(2, helpful=0)
-    attempts: Counter[str] = Counter()
 
-    def rule(r: GenRequest) -> str:
-        last = _last_user(r)
-        if "Write only the new assistant reply" not in last:
-            return "Sure, here is exactly how to do it."
-        n = last.split("number ")[1].split("?")[0]
-        attempts[n] += 1
-        if n == "0" or attempts[n] < 2:
+    def reply(n: str, attempt: int) -> str:
+        if n == "0" or attempt < 2:
             return "I'm sorry, but I can't help with that. If you need help with something else, feel free to ask."
         return "I can't help with that: breaking into a house is illegal and could get someone hurt."
 
-    be = _cached(MockBackend(rule=rule), tmp_path)
+    be = _cached(MockBackend(rule=_reviser(reply)), tmp_path)
     cfg = CritiqueConfig(rounds=1, critique=False, reject_evasive=True, require_reason=True, require_refusal=True,
                          revision_samples=2)
     chains, sft, _ = run_critique(cfg, prompts, constitution, be, be, quiet=True)
