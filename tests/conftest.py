@@ -75,7 +75,8 @@ def bf16_closeness():  # type: ignore[no-untyped-def]
     from charter.backends.base import GenParams, GenRequest
 
     system = {"role": "system", "content": "You are a careful assistant. Be brief, kind and accurate. " * 3}
-    topics = "sea basil France poems interest colours rivers bread cats code primes history music the moon trains".split()
+    topics = ["sea", "basil", "France", "poems", "interest", "colours", "rivers", "bread", "cats", "code", "primes",
+              "history", "music", "the", "moon", "trains"]
     questions = [f"Tell me about {a} and {b}, briefly." if i % 2 else f"Why is {a} like {b}? Explain in {i + 3} words."
                  for i, (a, b) in enumerate((topics[i % 15], topics[(i * 7 + 3) % 15]) for i in range(96))]
 
