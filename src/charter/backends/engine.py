@@ -302,6 +302,7 @@ class Engine:
         H, n, d = q.shape
         G = self.n_kv
         R = H // G
+        assert _FLASH is not None  # the caller chose this path because the fused kernel exists
         pk, pv = self._prefix_kv[li]
         dtype = q.dtype
         # in fp32: each part rounded to bf16 before the merge drifts further from plain generate than one softmax
