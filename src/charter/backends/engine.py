@@ -260,7 +260,7 @@ class Engine:
         x = self.embed[torch.tensor(list(ids))]
         pos = torch.arange(start, start + n)
         mask = None
-        if start and _FLASH is None:
+        if start:
             mask = torch.ones(n, start + n, dtype=torch.bool)
             mask[:, start:] = torch.ones(n, n, dtype=torch.bool).tril()
         kvs = []
@@ -274,47 +274,18 @@ class Engine:
                 vc[li][slot, :, :n] = v
             elif collect:
                 kvs.append((k.contiguous(), v.contiguous()))
-            if start and _FLASH is not None:
-                att = self._prefill_attend(q.transpose(0, 1), k, v, li)[None]
-            else:
-                if start:
-                    pk, pv = self._prefix_kv[li]
-                    k, v = torch.cat([pk, k], 1), torch.cat([pv, v], 1)
-                att = F.scaled_dot_product_attention(
-                    q.transpose(0, 1)[None], k[None], v[None], attn_mask=mask, is_causal=not start, enable_gqa=True
-                )
+            if start:
+                pk, pv = self._prefix_kv[li]
+                k, v = torch.cat([pk, k], 1), torch.cat([pv, v], 1)
+            att = F.scaled_dot_product_attention(
+                q.transpose(0, 1)[None], k[None], v[None], attn_mask=mask, is_causal=not start, enable_gqa=True
+            )
             x = x + o(att[0].transpose(0, 1).reshape(n, -1))
             x = self._mlp(x, w)
         if hidden:
             return x[-1:], kvs
         logits = self.lm_head(self._rms(x[-1:], self.norm))[0]
         return logits, kvs
-
-    def _prefill_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, li: int) -> torch.Tensor:
-        """Attention of ``n`` new tokens (``q`` ``[H, n, d]``; their own ``k``/``v`` ``[G, n, d]``) over the shared
-        prefix and, causally, over themselves; returns ``[H, n, d]``.
-
-        Two fused attention calls with no mask — the prefix part as one GEMM-shaped call (every query of a KV head's
-        group against the prefix keys, as in decode), the own part causal — merged exactly through their
-        log-sum-exps. The alternative, concatenating the prefix keys per prompt and passing an explicit mask, copies
-        the prefix in every layer and takes SDPA's slow masked path (46% of prefill time in bench/profile_engine.py).
-        """
-        H, n, d = q.shape
-        G = self.n_kv
-        R = H // G
-        assert _FLASH is not None  # the caller chose this path because the fused kernel exists
-        pk, pv = self._prefix_kv[li]
-        dtype = q.dtype
-        # in fp32: each part rounded to bf16 before the merge drifts further from plain generate than one softmax
-        q, k, v, pk, pv = (t.float() for t in (q, k, v, pk, pv))
-        out, lse = _FLASH(q[None], k.repeat_interleave(R, 0)[None], v.repeat_interleave(R, 0)[None],
-                          is_causal=True, scale=self.scale)
-        out_p, lse_p = _FLASH(q.reshape(1, G, R * n, d), pk[None], pv[None], scale=self.scale)
-        out, lse = out[0], lse[0]  # [H, n, d], [H, n]
-        out_p, lse_p = out_p[0].reshape(H, n, d), lse_p[0].reshape(H, n)
-        top = torch.maximum(lse, lse_p)
-        w, w_p = torch.exp(lse - top)[..., None], torch.exp(lse_p - top)[..., None]
-        return ((out * w + out_p * w_p) / (w + w_p)).to(dtype)
 
     def clear_prefix(self) -> None:
         """Forget the cached shared prefix (the next call computes its own)."""
