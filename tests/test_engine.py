@@ -185,8 +185,9 @@ def test_engine_in_bfloat16_reaches_the_fp32_answer_as_often_as_plain_bf16_gener
     def make(dtype: str) -> TransformersBackend:
         return TransformersBackend("t", str(lively_dir), BackendOptions(dtype=dtype, extra={"slots": 4}))
 
+    assert make("bfloat16").engine.kernel is None  # the C decode kernel is fp32-only
     engine, plain, n = bf16_closeness(make)
-    # measured: the engine reaches fp32's answer on 62-68 of 96, plain bf16 on 70-72 (its own rounding order)
+    # measured: the engine reaches fp32's answer on e.g. 62 and 67 of 96 where plain bf16 does on 70 and 72
     assert engine >= plain - n // 10 and engine >= n // 2, (engine, plain, n)
 
 
