@@ -74,6 +74,32 @@ def test_changing_nothing_retrains_nothing(done_run: tuple[Path, Path]) -> None:
     assert _run(cfg, run, "threads=1") == set()  # threads change speed, not the result
 
 
+def test_bf16_auto_is_what_it_resolves_to_here(done_run: tuple[Path, Path]) -> None:
+    """``bf16: auto`` trains as ``true`` on CPUs with native bf16 and ``false`` elsewhere: switching a config
+    between ``auto`` and what it means on this machine retrains nothing, and the other value retrains."""
+    from charter.backends.engine import native_bf16
+
+    cfg, run = done_run  # trained with bf16 false (the default)
+    here, other = ("true", "false") if native_bf16() else ("false", "true")
+    if here == "true":
+        assert _run(cfg, run, "sft.bf16=true", "dpo.bf16=true") == {"sft", "dpo"}
+    assert _run(cfg, run, "sft.bf16=auto", "dpo.bf16=auto") == set()
+    assert _run(cfg, run, f"sft.bf16={other}", stages=["sft"]) == {"sft"}
+
+
+def test_bf16_auto_follows_the_hardware(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from charter.backends import engine
+    from charter.train.common import TrainConfig, resolve_bf16, trl_args
+
+    for native in (True, False):
+        monkeypatch.setattr(engine, "native_bf16", lambda native=native: native)
+        assert resolve_bf16("auto") is native
+        assert trl_args(TrainConfig(bf16="auto"), tmp_path)["bf16"] is native
+    assert resolve_bf16(True) is True and resolve_bf16(False) is False
+    with pytest.raises(ValueError, match="bf16"):
+        TrainConfig(bf16="sometimes")
+
+
 def test_another_constitution_retrains_sl_and_rl(done_run: tuple[Path, Path], tmp_path: Path) -> None:
     from charter.constitution import load_constitution
 

@@ -20,7 +20,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,11 +54,26 @@ class TrainConfig(BaseModel):
     max_length: int = Field(default=512, ge=16, description="Tokens of prompt + answer (longer are truncated).")
     seed: int = Field(default=0, description="Training seed.")
     threads: int = Field(default=0, description="torch threads (0 = torch's default).")
-    bf16: bool = Field(default=False, description="bf16 mixed precision (TRL turns it on by default; off here: "
-                                                  "fp32 is exact, and bf16 is emulated and slow on AVX2-only CPUs).")
+    bf16: bool | Literal["auto"] = Field(
+        default=False, description="bf16 mixed precision (TRL turns it on by default; off here: fp32 is exact, and "
+                                   "bf16 is emulated and slow on AVX2-only CPUs). 'auto' = on where the hardware "
+                                   "multiplies bf16 natively (a CUDA GPU that supports it; AVX512-BF16 or AMX on CPU).")
     gradient_checkpointing: bool = Field(default=False, description="Recompute activations in the backward pass "
                                                                     "(saves memory, costs ~30% more compute).")
     training_args: dict[str, Any] = Field(default_factory=dict, description="Extra TRL config arguments.")
+
+
+def resolve_bf16(value: bool | str) -> bool:
+    """``bf16: auto`` resolved on this machine: native bf16 (CUDA that supports it, or AVX512-BF16/AMX on CPU)."""
+    if value != "auto":
+        return bool(value)
+    import torch
+
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    from charter.backends.engine import native_bf16
+
+    return native_bf16()
 
 
 def trl_args(cfg: TrainConfig, work: Path) -> dict[str, Any]:
@@ -69,7 +84,7 @@ def trl_args(cfg: TrainConfig, work: Path) -> dict[str, Any]:
     return dict(output_dir=str(work), max_steps=cfg.max_steps, num_train_epochs=cfg.epochs,
                 learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size,
                 gradient_accumulation_steps=cfg.grad_accum, seed=cfg.seed, use_cpu=not torch.cuda.is_available(),
-                bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing, logging_steps=1,
+                bf16=resolve_bf16(cfg.bf16), gradient_checkpointing=cfg.gradient_checkpointing, logging_steps=1,
                 save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
                 **cfg.training_args)
 
@@ -184,6 +199,8 @@ def fingerprint(cfg: BaseModel, base: Path, data: Path | None = None, **inputs: 
     """The fingerprint of a training run's inputs: every setting, the training file's bytes, the base model's
     content, and any further ``inputs`` (e.g. a reward model's digest). Never a path or an mtime."""
     settings = cfg.model_dump(mode="json", exclude=_NOT_INPUTS)
+    if "bf16" in settings:  # what it means here is the input: `auto` trains as `true` or `false` would
+        settings["bf16"] = resolve_bf16(settings["bf16"])
     return digest_of(settings, folder_digest(base), sorted(inputs.items()), files=[data] if data else [])
 
 
