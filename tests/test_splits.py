@@ -86,18 +86,20 @@ def test_a_run_reads_several_files_in_order_uses_the_train_part_and_never_an_eva
     from charter.pipeline import load_run_prompts
 
     hh = shared_data / "hh_harmless_dev.jsonl"
-    cfg = load_config(None, [f"prompts.red_team=[bundled, {hh}]", "prompts.split=train", "prompts.red_team_limit=200",
+    cfg = load_config(None, [f"prompts.red_team=[bundled, {hh}]", "prompts.split=train", "prompts.red_team_limit=300",
                              "prompts.helpful_limit=5"])
     prompts, info = load_run_prompts(cfg)
     red = [p for p in prompts if not p.helpful]
-    assert len(red) == 200 and red[0].id.startswith("rt-")  # the bundled set first, then the HH file
+    assert len(red) == 300 and red[0].id.startswith("rt-")  # the bundled set first, then the HH file
     assert len([p for p in prompts if p.helpful]) == 5
     evaluation = {p.text for p in select(load_prompts(hh).prompts, "eval", hh)}
     assert not evaluation & {p.text for p in red}
     from charter.prompts import default_prompts
 
-    bundled = len(select(default_prompts("red_team").prompts, "train"))  # the bundled set is split too
-    assert bundled < 147 and info[str(hh)]["split"]["used"] == "train" and info[str(hh)]["prompts"] == 200 - bundled
+    every = default_prompts("red_team").prompts
+    bundled = len(select(every, "train"))  # the bundled set is split too
+    assert bundled < len(every) and info[str(hh)]["split"]["used"] == "train"
+    assert info[str(hh)]["prompts"] == 300 - bundled
 
 
 def test_the_bundled_sets_are_split_too_unless_a_file_says_all() -> None:

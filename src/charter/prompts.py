@@ -38,8 +38,12 @@ from charter.records import AnswerPair, PreferencePair, Prompt, short_hash
 FORMATS = {"auto": "auto", "jsonl": "jsonl", "json": "jsonl", "hh": "hh", "csv": "csv", "tsv": "tsv",
            "text": "text", "txt": "text"}
 HH_MODES = ("first", "context")
-DEFAULT_SETS = {"red_team": ("red_team.jsonl",), "helpful": ("helpful.jsonl",),
-                "all": ("red_team.jsonl", "helpful.jsonl")}
+DEFAULT_SETS = {"red_team": ("red_team.jsonl", "red_team_pairs.jsonl"),
+                "helpful": ("helpful.jsonl", "helpful_pairs.jsonl"),
+                "all": ("red_team.jsonl", "red_team_pairs.jsonl", "helpful.jsonl", "helpful_pairs.jsonl")}
+"""The bundled sets, files in order. ``*_pairs.jsonl``: 160 minimal pairs written for charter, each harmful request
+beside a safe one sharing its scary word or topic (``pair`` names the other side), so the SL data teaches where the
+line is, not which words to refuse."""
 _EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 _HH_TURN = re.compile(r"(?:\A\s*|\n\n)(Human|Assistant):[ \t]?")
 _ROLES = {"user": "user", "human": "user", "assistant": "assistant", "system": "system"}
