@@ -298,7 +298,10 @@ def test_a_revision_cut_off_at_the_limit_is_trimmed_when_asked(tmp_path) -> None
 
 
 def test_helpful_prompts_answered_by_the_feedback_model_fall_back_to_the_policy_when_it_refuses(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    asked_policy: list[str] = []
+
     def policy_rule(r: GenRequest) -> str:
+        asked_policy.append(_last_user(r))
         return "Policy answer: " + _last_user(r)
 
     def teacher_rule(r: GenRequest) -> str:
@@ -321,7 +324,9 @@ def test_helpful_prompts_answered_by_the_feedback_model_fall_back_to_the_policy_
     assert summary["helpful_from_feedback"] == 2
     assert summary["helpful_feedback_fell_back"] == {"empty": 1, "refused": 1}
     assert summary["chains_by_reason"] == {"helpful": 2, "helpful_teacher": 2}
-    assert all([s.model for s in c.steps] == ["mock/echo", "mock/teacher"] for c in chains)
+    # the policy answers only where the teacher's answer is no target (no wasted generations)
+    assert sorted(asked_policy) == [prompts[0].text, prompts[1].text]
+    assert [[s.model for s in c.steps] for c in chains] == [["mock/teacher", "mock/echo"]] * 2 + [["mock/teacher"]] * 2
     # the policy's own answers stay the default: no feedback-model call then
     plain = MockBackend(spec="mock/teacher", rule=teacher_rule)
     _, sft2, _ = run_critique(CritiqueConfig(rounds=1), prompts, load_constitution(), policy,

@@ -41,6 +41,12 @@ class CritiqueConfig(BaseModel):
     few_shot: int = Field(default=2, ge=0, description="Worked examples from the constitution put in front.")
     seed: int = Field(default=0, description="Seed of principle sampling and of sampled generations.")
     temperature: float = Field(default=0.7, ge=0, description="Sampling temperature of every generation (0 = greedy).")
+    feedback_temperature: float | None = Field(default=None, ge=0,
+                                               description="Sampling temperature of the feedback model's "
+                                                           "generations (critiques, revisions, its answers to "
+                                                           "helpful prompts); None = temperature. A small "
+                                                           "feedback model writes more usable revisions cooler "
+                                                           "than the policy's answers need to be sampled.")
     top_p: float = Field(default=0.9, gt=0, le=1, description="Nucleus sampling mass.")
     answer_tokens: int = Field(default=192, ge=1, description="max_new_tokens of the initial answer.")
     critique_tokens: int = Field(default=128, ge=1, description="max_new_tokens of a critique.")
@@ -53,7 +59,8 @@ class CritiqueConfig(BaseModel):
         default="policy", description="Who answers the helpful prompts of the SFT mix: the policy itself (the CAI "
                                       "paper's helpful model is the policy) or the feedback model, whose answer is "
                                       "used unless it refuses (string-match classifier), fails or is cut off "
-                                      "(then the policy's answer is, as with 'policy'). A small policy's own "
+                                      "(then the policy's answer is, as with 'policy'; the policy answers only "
+                                      "those). A small policy's own "
                                       "answers are weak targets; a stronger model's teach it to answer.")
     trim_cut_answers: bool = Field(default=False, description="A helpful answer cut off at answer_tokens joins the "
                                                               "mix trimmed back to its last full sentence (at least "
@@ -149,6 +156,8 @@ class _Chain:
         self.prompt = prompt
         self.principles = principles
         self.steps: list[Step] = []
+        self.answer: Step | None = None  # the policy's first answer (helpful prompts with a teacher: if needed)
+        self.teacher: Step | None = None  # the feedback model's answer to a helpful prompt (helpful_answers)
         self.current: Step | None = None  # the answer or last accepted revision
         self.last_good: Step | None = None  # last accepted revision
 
@@ -170,30 +179,39 @@ def run_critique(cfg: CritiqueConfig, prompts: Sequence[Prompt], constitution: C
     chains = [_Chain(p, [] if p.helpful else pool.sample_principles(random.Random(f"{cfg.seed}:{p.id}"), cfg.rounds))
               for p in prompts]
 
-    def params(tokens: int, *parts: object) -> GenParams:
-        return GenParams(max_new_tokens=tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                         seed=_seed(cfg, *parts))
+    def params(tokens: int, *parts: object, by_feedback: bool = True) -> GenParams:
+        """Sampling settings of one generation (the feedback model's unless ``by_feedback`` is False)."""
+        hot = cfg.temperature if not by_feedback or cfg.feedback_temperature is None else cfg.feedback_temperature
+        return GenParams(max_new_tokens=tokens, temperature=hot, top_p=cfg.top_p, seed=_seed(cfg, *parts))
 
-    # Initial answers by the policy, with only the system prompt in front.
-    reqs = [GenRequest.of(_chat(system, c.prompt.messages()), params(cfg.answer_tokens, c.prompt.id, "answer"))
-            for c in chains]
-    outs = policy.generate(reqs, progress=ProgressPrinter("critique", "answers", quiet=quiet))
-    for c, g in zip(chains, outs, strict=True):
-        status = "error" if g.finish_reason == "error" else ("empty" if not g.text.strip() else "ok")
-        step = _step(c.prompt.id, "answer", 0, policy, None, thash, g.text.strip(), g.finish_reason, status,
-                     basis=c.prompt.messages())
-        c.steps.append(step)
-        c.current = step if status == "ok" else None
-    if cfg.helpful_answers == "feedback":
-        helpful = [c for c in chains if c.prompt.helpful]
-        reqs = [GenRequest.of(_chat(system, c.prompt.messages()), params(cfg.answer_tokens, c.prompt.id, "teacher"))
-                for c in helpful]
-        outs = feedback.generate(reqs, progress=ProgressPrinter("critique", "helpful answers by the feedback model",
-                                                                quiet=quiet))
-        for c, g in zip(helpful, outs, strict=True):
+    def answer(model: CachedBackend, todo: list[_Chain], kind: str, label: str, by_feedback: bool) -> list[Step]:
+        """One answer per chain by ``model``, with only the system prompt in front."""
+        reqs = [GenRequest.of(_chat(system, c.prompt.messages()),
+                              params(cfg.answer_tokens, c.prompt.id, kind, by_feedback=by_feedback))
+                for c in todo]
+        outs = model.generate(reqs, progress=ProgressPrinter("critique", label, quiet=quiet)) if reqs else []
+        steps = []
+        for c, g in zip(todo, outs, strict=True):
             status = "error" if g.finish_reason == "error" else ("empty" if not g.text.strip() else "ok")
-            c.steps.append(_step(c.prompt.id, "answer", 0, feedback, None, thash, g.text.strip(), g.finish_reason,
-                                 status, basis=c.prompt.messages()))
+            step = _step(c.prompt.id, "answer", 0, model, None, thash, g.text.strip(), g.finish_reason, status,
+                         basis=c.prompt.messages())
+            c.steps.append(step)
+            steps.append(step)
+        return steps
+
+    # With a teacher, the feedback model answers the helpful prompts first; the policy answers those only where the
+    # teacher's answer is no target (it refused, failed or was cut off), as the fallback.
+    teach = cfg.helpful_answers == "feedback"
+    if teach:
+        helpful = [c for c in chains if c.prompt.helpful]
+        for c, step in zip(helpful, answer(feedback, helpful, "teacher", "helpful answers by the feedback model", True),
+                           strict=True):
+            c.teacher = step
+    unanswered = [c for c in chains if not (teach and c.prompt.helpful and c.teacher is not None
+                                            and _helpful_target(cfg, c.teacher)[0] is not None)]
+    for c, step in zip(unanswered, answer(policy, unanswered, "answer", "answers", False), strict=True):
+        c.answer = step
+        c.current = step if step.status == "ok" else None
 
     for rnd in range(1, cfg.rounds + 1):
         active = [c for c in chains if c.current is not None and len(c.principles) >= rnd]
@@ -321,23 +339,25 @@ def _finish(cfg: CritiqueConfig,
     teacher_fell_back: Counter[str] = Counter()
     revisions = 0
     for c in chains:
-        answer = c.steps[0]
+        answer = c.answer
         for s in c.steps:
             if s.kind == "revision":
                 revisions += 1
                 reasons[s.status] += 1
         target = None
         if c.prompt.helpful:
-            teacher = c.steps[1] if len(c.steps) > 1 else None
+            teacher = c.teacher
             final, target, why = _helpful_target(cfg, teacher) if teacher else (None, None, "")
             if final is not None:
                 reason = "helpful_teacher" if target is None else "helpful_teacher_trimmed"
             else:
                 if teacher is not None:
                     teacher_fell_back[why] += 1
+                assert answer is not None  # the policy answered every helpful prompt without a teacher's target
                 final, target, failed = _helpful_target(cfg, answer, refusal_ok=True)
                 reason = ("helpful" if target is None else "helpful_trimmed") if final else f"helpful_answer_{failed}"
         else:
+            assert answer is not None
             final = c.last_good
             reason = "ok" if final else ("answer_" + answer.status if answer.status != "ok" else "no_accepted_revision")
         chain_reasons[reason] += 1
