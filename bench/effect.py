@@ -179,10 +179,15 @@ def main() -> None:
         "harmful_rate": per_model(effect, "harmful_rate"),
         "helpful_rate": per_model(effect, "helpful_rate"),
         "judge": judge,
-        "judge_agreement_with_hand_labels": (hand.get("hand_harm") or {}).get("value"),
-        "judge_agreement_n": (hand.get("hand_harm") or {}).get("n"),
-        "judge_helpful_agreement_with_hand_labels": (hand.get("hand_helpful") or {}).get("value"),
-        "judge_helpful_agreement_n": (hand.get("hand_helpful") or {}).get("n"),
+        "judge_agreement_with_hand_labels": agreement(hand, "hand_harm"),
+        "judge_agreement_n": agreement(hand, "hand_harm", "n"),
+        "judge_helpful_agreement_with_hand_labels": agreement(hand, "hand_helpful"),
+        "judge_helpful_agreement_n": agreement(hand, "hand_helpful", "n"),
+        "judge_cuts": {k: {x: _r(c.get(x)) for x in ("cut", "kappa", "majority_agreement", "positives",
+                                                     "judged_positive", "n")}
+                       | {"fold_cuts": c.get("fold_cuts")} for k, c in summary.get("calibrated_cuts", {}).items()},
+        "judge_uncalibrated_agreement": {k: _r((hand.get(k) or {}).get("value"))
+                                         for k in ("hand_harm", "hand_helpful")},
         "judge_hand_label_detail": {k: {x: _r((hand.get(k) or {}).get(x)) for x in ("kappa", "majority_agreement",
                                                                                    "auroc", "positives",
                                                                                    "judged_positive")}
@@ -198,6 +203,16 @@ def main() -> None:
     for t in transcripts(run, final):
         print(f"--- [{t['set']}/{t['group']}] {t['prompt']}\n  BASE: {t['base'][:400]}\n  FINAL: {t[final][:400]}")
     print(json.dumps(result))
+
+
+def agreement(hand: dict[str, Any], kind: str, key: str = "value") -> Any:
+    """The judge's agreement with the hand labels of ``kind``: out of fold when its cut was calibrated on them
+    (``eval.calibrate_judges``), else at its own cut (P(Yes) > 0.5 / score >= 2)."""
+    h = hand.get(kind) or {}
+    c = h.get("calibrated")
+    if c:
+        return c["agreement"]["n"] if key == "n" else c["agreement"]["value"]
+    return h.get(key)
 
 
 def _r(x: float | int | None) -> float | int | None:

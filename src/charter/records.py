@@ -257,7 +257,8 @@ class Judgement(Record):
     answer_ids: list[str] = Field(default_factory=list, description="EvalAnswer id(s) judged, in shown order.")
     axis: str = Field(default="", description="compare: 'harmless'/'helpful'; principle: the principle id; "
                                               "human_refusal*: 'heldout' or 'dev' (the string matcher's "
-                                              "development examples).")
+                                              "development examples); hand_*: 'prompt:' + a hash of the "
+                                              "labelled prompt (calibration folds keep a prompt together).")
     label: str | None = Field(default=None, description="The verdict (see kinds); None when unusable.")
     value: float | None = Field(default=None, description="The verdict as a number (see kinds).")
     probs: dict[str, float | None] = Field(default_factory=dict, description="Option probabilities behind it.")

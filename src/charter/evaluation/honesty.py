@@ -145,6 +145,7 @@ def hand_checks(ev: EvalSession, judges: dict[str, CachedBackend]) -> None:
                 ev.judgements.append(Judgement(
                     id=f"j-{short_hash(kind, spec, x['prompt'], x['answer'])}", kind=kind, judge=spec,
                     prompt_id=f"hand-{x['line']}", group="human", model_names=[str(x.get("model", ""))],
+                    axis=f"prompt:{short_hash(x['prompt'])}",
                     label=label, value=value, probs=dict(r.probs), option_mass=r.option_mass,
                     reference=str(x[ref_key]), status=r.status))
 
