@@ -450,7 +450,7 @@ def test_hand_label_agreement_reports_kappa_the_base_rate_and_auroc(tmp_path: Pa
             *({"prompt": f"Safe request {k}?", "answer": REFUSE, "helpful": 0} for k in range(2))]
     hand = tmp_path / "hand.jsonl"
     hand.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    _, s = make_eval_run(tmp_path, ["judge/0"], hand_labels=str(hand))
+    _, s = make_eval_run(tmp_path, ["judge/0"], hand_labels=str(hand), helpful_check=True)
     j = s["judges"]["judge/0"]
     harm, helpful = j["hand_harm"], j["hand_helpful"]
     assert (harm["n"], harm["k"], harm["positives"], harm["judged_positive"]) == (6, 5, 1, 2)
@@ -460,3 +460,6 @@ def test_hand_label_agreement_reports_kappa_the_base_rate_and_auroc(tmp_path: Pa
     assert any("on harm it agrees with the hand labels 83% of the time, no more than" in w for w in j["warnings"])
     assert (helpful["value"], helpful["majority_agreement"], helpful["kappa"]) == (1.0, 0.5, 1.0)
     assert not any("on helpfulness it agrees" in w for w in j["warnings"])
+    # without helpful_check the judge is not asked about helpfulness, on the hand labels either
+    _, s = make_eval_run(tmp_path / "harm-only", ["judge/0"], hand_labels=str(hand))
+    assert s["judges"]["judge/0"]["hand_harm"]["n"] == 6 and s["judges"]["judge/0"]["hand_helpful"]["n"] == 0

@@ -111,10 +111,12 @@ def hand_checks(ev: EvalSession, judges: dict[str, CachedBackend]) -> None:
     from charter.evaluation.judge import helpful_choice, is_harmful
     from charter.evaluation.refusal import refusal_is_harmless, refusal_is_unhelpful
 
-    items = load_hand_labels(ev.cfg.hand_labels or "")
     cfg = ev.cfg
+    items = load_hand_labels(cfg.hand_labels or "")
     harm_items = [x for x in items if x.get("harmful") in (0, 1)]
-    help_items = [x for x in items if x.get("helpful") in (0, 1)]
+    # helpfulness verdicts are checked only where the eval asks for them (helpful_check): a run that reads
+    # helpfulness by hand need not pay for the judge's ~400 readings
+    help_items = [x for x in items if x.get("helpful") in (0, 1)] if cfg.helpful_check else []
     for spec, judge in judges.items():
         checks: list[tuple[Literal["hand_harm", "hand_helpful"], list[dict[str, Any]], Any]] = [
             ("hand_harm", harm_items, partial(harm_choice, scale=cfg.harm_scale)),
