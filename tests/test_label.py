@@ -375,6 +375,27 @@ def test_an_unknown_principle_in_a_label_pool_is_a_clear_error(tmp_path: Path) -
                     _cached(MockBackend(score_rule=_biased_judge(0.5, 1.0)), tmp_path), quiet=True)
 
 
+def test_the_reason_rule_prefers_the_refusal_that_says_why_without_asking_the_model(tmp_path: Path) -> None:
+    why = "I can't help with that: breaking in is illegal and could get someone hurt."
+    bare = "I'm sorry, but I can't help with that."
+    red = Prompt(id="r", text="how do I break into my neighbour's house")
+    helpful = Prompt(id="h", text="how do I kill a zombie process", helpful=True)
+    pairs = [AnswerPair(id="p-red", parent_id="r", prompt=red, a=bare, b=why, a_id="a1", b_id="b1", model="mock"),
+             # a helpful prompt's two refusals, and two refusals that both say why: the feedback model's business
+             AnswerPair(id="p-help", parent_id="h", prompt=helpful, a=bare, b=why, a_id="a2", b_id="b2", model="mock"),
+             AnswerPair(id="p-both", parent_id="r", prompt=red, a=why, b=why + " Truly.", a_id="a3", b_id="b3",
+                        model="mock")]
+    backend = MockBackend(score_rule=_biased_judge(0.5, 2.0))
+    labeled, stats = label_pairs(LabelConfig(reason_rule=0.8), pairs, load_constitution(None),
+                                 _cached(backend, tmp_path), quiet=True)
+    by = {x.parent_id: x for x in labeled}
+    assert by["p-red"].p_a == pytest.approx(0.2) and by["p-red"].feedback_model == "reason_rule"
+    assert [v.principle_id for v in by["p-red"].votes] == ["reason_rule"]
+    assert by["p-help"].feedback_model != "reason_rule" and by["p-both"].feedback_model != "reason_rule"
+    assert sum(isinstance(c, ScoreRequest) for c in backend.calls) == 4  # two pairs, both orders
+    assert stats["by_reason_rule"] == 1 and stats["by_refusal_rule"] == 0 and stats["labelled"] == 3
+
+
 def test_the_refusal_rule_labels_refusal_vs_answer_pairs_without_asking_the_model(tmp_path: Path) -> None:
     refusal = "I can't help with that: it could seriously hurt someone."
     answer = "Here is how: first take the lock apart, then lift each pin."

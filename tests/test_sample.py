@@ -82,6 +82,31 @@ def test_contrast_pairs_keep_a_refusal_against_an_answer_when_a_prompt_has_both(
     assert [x.id for x in again] == [x.id for x in pairs]
 
 
+def test_same_side_pairs_never_put_a_refusal_against_an_answer(tmp_path: Path) -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from charter.evaluation.refusal import refuses
+
+    refusing = {sample_seed(0, "q0", k) for k in (0, 2)}
+
+    def rule(r: GenRequest) -> str:  # prompt 0: two refusals, two answers; the others: answers only
+        if r.params.seed in refusing:
+            return f"I'm sorry, but I can't help with that: it is illegal (take {r.params.seed})."
+        return f"Here is an answer to {r.messages[-1]['content']}, take {r.params.seed}."
+
+    cfg = SampleConfig(k=4, same_side=True)
+    samples, pairs, summary = run_sample(cfg, PROMPTS, CachedBackend(MockBackend(rule=rule), CallCache(tmp_path / "c")),
+                                         quiet=True)
+    assert all(refuses(p.a) == refuses(p.b) for p in pairs)
+    q0 = [p for p in pairs if p.prompt.id == "q0"]
+    assert len(q0) == 2 and [refuses(p.a) for p in q0] == [True, False]  # refusal-refusal, answer-answer
+    assert summary["not_paired"]["pair_across_the_line"] == 4
+    assert len(pairs) == len(q0) + 2 * 6  # prompts 1 and 2: every pair
+    with pytest.raises(ValidationError, match="exclude each other"):
+        SampleConfig(same_side=True, contrast_pairs=True)
+
+
 def test_rlcd_pairs_are_labelled_by_construction_without_the_system_prompt(tmp_path: Path) -> None:
     constitution = load_constitution(None)
     systems = system_prompts(constitution)

@@ -18,6 +18,8 @@ assistant prefix ``The answer is: (``, normalised over the two options. Options:
   Wi-Fi hacking and DMT extraction); rule-based rewards of this kind are a standard supplement to AI feedback (Mu et
   al. 2024). The vote is recorded as principle ``refusal_rule``; the feedback model's bias statistics and the length
   debiasing leave these pairs out.
+* ``reason_rule``: likewise for a red-team prompt's two full refusals of which exactly one says why: it wins (the
+  constitution asks to decline briefly *and say why*; a harm question sees two harmless replies and guesses).
 * Length control: ``max_length_ratio`` labels only pairs of similar length; ``length_debias`` fits the label's
   log-odds against the answers' log length ratio over the run and removes that slope.
 
@@ -43,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from charter.backends.base import FLOORED, GenParams, GenRequest, Message, OptionScores, ScoreRequest
 from charter.constitution import Constitution, Principle
 from charter.errors import CharterError
-from charter.evaluation.refusal import classify_refusal
+from charter.evaluation.refusal import classify_refusal, gives_reason
 from charter.progress import ProgressPrinter
 from charter.records import AnswerPair, LabeledPair, PreferencePair, Vote, read_jsonl, short_hash, write_jsonl
 from charter.store import CachedBackend, RunDir
@@ -54,6 +56,8 @@ COT_TEMPLATE = "label_cot.jinja"
 OPTIONS = ("A", "B")
 RULE_ID = "refusal_rule"
 """The principle id of a vote made by :attr:`LabelConfig.refusal_rule` (no model was asked)."""
+REASON_ID = "reason_rule"
+"""The principle id of a vote made by :attr:`LabelConfig.reason_rule` (no model was asked)."""
 
 
 class LabelConfig(BaseModel):
@@ -81,6 +85,13 @@ class LabelConfig(BaseModel):
                                        description="Label refusal-vs-answer pairs by rule instead of asking the "
                                                    "feedback model: the refusal wins on a red-team prompt, the "
                                                    "answer on a helpful one, with this probability (None = off).")
+    reason_rule: float | None = Field(default=None, gt=0.5, le=1,
+                                      description="Label a red-team prompt's pair of two full refusals by rule "
+                                                  "when exactly one says why (a reason word: illegal, harmful, "
+                                                  "privacy...; refusal.gives_reason): it wins with this "
+                                                  "probability, the constitution's 'decline briefly and say "
+                                                  "why' (None = the feedback model decides, which sees two "
+                                                  "harmless replies).")
     max_length_ratio: float | None = Field(default=None, ge=1,
                                            description="Length control: skip pairs whose longer answer is more than "
                                                        "this many times the shorter (characters). None = off.")
@@ -212,12 +223,15 @@ def label_pairs(cfg: LabelConfig, pairs: Sequence[AnswerPair], constitution: Con
     pools = {False: red, True: constitution.subset(cfg.helpful_pool) if cfg.helpful_pool else red}
     votes: list[list[_Vote]] = []
     skipped: dict[int, str] = {}
-    ruled: dict[int, float] = {}
+    ruled: dict[int, tuple[float, str]] = {}
     reads: list[_Read] = []
     for i, pair in enumerate(pairs):
         votes.append([])
         if cfg.refusal_rule is not None and (p_rule := rule_label(pair, cfg.refusal_rule)) is not None:
-            ruled[i] = p_rule
+            ruled[i] = p_rule, RULE_ID
+            continue
+        if cfg.reason_rule is not None and (p_rule := reason_label(pair, cfg.reason_rule)) is not None:
+            ruled[i] = p_rule, REASON_ID
             continue
         if cfg.max_length_ratio is not None and length_ratio(pair.a, pair.b) > cfg.max_length_ratio:
             skipped[i] = "length_mismatch"
@@ -248,7 +262,7 @@ def label_pairs(cfg: LabelConfig, pairs: Sequence[AnswerPair], constitution: Con
     for r, s in zip(live, scores, strict=True):
         r.status, r.p_first, r.mass = read_scores(s, cfg.min_option_mass)
 
-    labeled = [_ruled(pair, ruled[i], thash) if i in ruled else
+    labeled = [_ruled(pair, *ruled[i], thash) if i in ruled else
                _assemble(cfg, pair, votes[i], skipped.get(i), feedback.spec, thash, feedback.model_id)
                for i, pair in enumerate(pairs)]
     slope = 0.0
@@ -260,9 +274,10 @@ def label_pairs(cfg: LabelConfig, pairs: Sequence[AnswerPair], constitution: Con
                 shift = slope * math.log(max(len(x.pair.a), 1) / max(len(x.pair.b), 1))
                 x.p_a = 1 / (1 + math.exp(-(_logit(x.p_a) - shift)))
     stats = label_stats([x for i, x in enumerate(labeled) if i not in ruled])
-    if cfg.refusal_rule is not None:
+    if cfg.refusal_rule is not None or cfg.reason_rule is not None:
         stats["pairs"], stats["labelled"] = len(labeled), stats["labelled"] + len(ruled)
-        stats["by_refusal_rule"] = len(ruled)
+        stats["by_refusal_rule"] = sum(rule == RULE_ID for _, rule in ruled.values())
+        stats["by_reason_rule"] = sum(rule == REASON_ID for _, rule in ruled.values())
     stats["length_slope_removed"] = round(slope, 4) if cfg.length_debias else None
     if pairs and not stats["labelled"]:
         raise CharterError(f"no pair could be labelled: pairs {stats['pairs_by_status']}, votes "
@@ -281,10 +296,21 @@ def rule_label(pair: AnswerPair, p: float) -> float | None:
     return p if a_refuses != bool(pair.prompt.helpful) else 1 - p
 
 
-def _ruled(pair: AnswerPair, p_a: float, thash: str) -> LabeledPair:
-    lid = f"l-{short_hash(pair.id, pair.a, pair.b, thash, RULE_ID, p_a)}"
-    return LabeledPair(id=lid, parent_id=pair.id, pair=pair, p_a=p_a, votes=[Vote(principle_id=RULE_ID, p_a=p_a)],
-                       feedback_model=RULE_ID, template_hash=thash)
+def reason_label(pair: AnswerPair, p: float) -> float | None:
+    """P(A better) by the reason rule, or None unless the pair is a red-team prompt's two full refusals of which
+    exactly one says why."""
+    if pair.prompt.helpful or {classify_refusal(pair.a), classify_refusal(pair.b)} != {"full_refusal"}:
+        return None
+    a_why, b_why = gives_reason(pair.a), gives_reason(pair.b)
+    if a_why == b_why:
+        return None
+    return p if a_why else 1 - p
+
+
+def _ruled(pair: AnswerPair, p_a: float, rule: str, thash: str) -> LabeledPair:
+    lid = f"l-{short_hash(pair.id, pair.a, pair.b, thash, rule, p_a)}"
+    return LabeledPair(id=lid, parent_id=pair.id, pair=pair, p_a=p_a, votes=[Vote(principle_id=rule, p_a=p_a)],
+                       feedback_model=rule, template_hash=thash)
 
 
 def _reason(cfg: LabelConfig, reads: list[_Read], feedback: CachedBackend, quiet: bool) -> None:
