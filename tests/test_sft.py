@@ -71,3 +71,42 @@ def test_sft_without_examples_explains_what_to_do(tmp_path: Path, tiny_model_dir
     empty.write_text("")
     with pytest.raises(CharterError, match="no training examples"):
         run_sft(SFTConfig(max_steps=1), empty, tmp_path / "sft", f"transformers/{tiny_model_dir}")
+
+
+def test_the_opening_weighted_loss_counts_the_first_reply_tokens_more() -> None:
+    import math
+    from types import SimpleNamespace
+
+    import torch
+
+    from charter.train.sft import opening_weighted_loss
+
+    vocab = 4
+    # two rows; labels -100 on the prompt and on padding; the model is right (p=1 after softmax ~) except on the
+    # first labelled token of each row, where it is uniform
+    labels = torch.tensor([[-100, -100, 1, 2, 3, -100], [-100, 2, 2, 1, -100, -100]])
+    logits = torch.full((2, 6, vocab), -30.0)
+    for b in range(2):
+        for t in range(5):
+            if labels[b, t + 1] != -100:
+                logits[b, t, labels[b, t + 1]] = 30.0
+    logits[0, 1] = 0.0  # predicts labels[0, 2], the first reply token of row 0: uniform
+    logits[1, 0] = 0.0  # predicts labels[1, 1], the first reply token of row 1
+    out = SimpleNamespace(logits=logits)
+    plain = opening_weighted_loss(1, 1.0)(out, labels)
+    weighted = opening_weighted_loss(1, 5.0)(out, labels)
+    n = 6  # labelled tokens after the shift: 3 + 3
+    assert float(plain) == pytest.approx(2 * math.log(vocab) / n, rel=1e-4)
+    assert float(weighted) == pytest.approx(5 * 2 * math.log(vocab) / (n + 2 * 4), rel=1e-4)
+    # weighting later tokens leaves the uniform openings' share where plain loss has it
+    assert float(opening_weighted_loss(0, 5.0)(out, labels)) == pytest.approx(float(plain), rel=1e-4)
+
+
+def test_sft_trains_with_the_opening_weighted_loss(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg = SFTConfig(max_steps=2, batch_size=2, learning_rate=5e-3, lora=False, max_length=64, opening_tokens=3,
+                    opening_weight=4.0)
+    summary = run_sft(cfg, _data(tmp_path), tmp_path / "sft", f"transformers/{tiny_model_dir}")
+    assert summary["steps"] == 2 and summary["final_loss"] is not None
+    plain = run_sft(cfg.model_copy(update={"opening_tokens": 0}), tmp_path / "sft.jsonl", tmp_path / "plain",
+                    f"transformers/{tiny_model_dir}")
+    assert plain["first_loss"] != summary["first_loss"]  # the weighting reached the trainer's loss

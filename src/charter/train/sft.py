@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,53 @@ class SFTConfig(TrainConfig):
     lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on LoRA inputs.")
     learning_rate: float = Field(default=2e-4, gt=0, description="Peak learning rate.")
     completion_only: bool = Field(default=True, description="Loss on the assistant turn only.")
+    opening_tokens: int = Field(default=0, ge=0, description="The first this many tokens of each assistant turn "
+                                                             "count opening_weight times in the loss (0 = plain "
+                                                             "token-mean loss).")
+    opening_weight: float = Field(default=1.0, ge=1, description="Weight of those opening tokens. A reply's opening "
+                                                                 "('I can't help with…' or the answer itself) is "
+                                                                 "where it decides to refuse or to help, and it is "
+                                                                 "a few tokens of a hundred: in plain SFT a small "
+                                                                 "model learns the style of both kinds of reply "
+                                                                 "before it learns which one a prompt gets.")
 
 
 def to_prompt_completion(example: SFTExample) -> dict[str, list[dict[str, str]]]:
     """Split a ``messages`` example into TRL's conversational prompt/completion form (last turn = completion)."""
     msgs = example.messages
     return {"prompt": msgs[:-1], "completion": msgs[-1:]}
+
+
+def opening_weighted_loss(tokens: int, weight: float) -> Callable[..., Any]:
+    """A ``compute_loss_func`` for the trainer: next-token cross-entropy over the labelled tokens (each example's one
+    assistant turn), its first ``tokens`` counting ``weight`` times, normalised by the weights' sum (a weighted mean,
+    whatever the lengths in the batch)."""
+    import torch
+    import torch.nn.functional as F
+
+    def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        logits, target = outputs.logits[:, :-1].float(), labels[:, 1:]
+        mask = target != -100
+        ce = F.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
+        position = torch.cumsum(mask.long(), 1)  # 1, 2, ... along the row's labelled tokens
+        w = torch.where(mask & (position <= tokens), torch.full_like(ce, weight), mask.to(ce.dtype))
+        return (ce * w).sum() / w.sum().clamp(min=1.0)
+
+    return loss
+
+
+def _with_loss(base: type, loss: Callable[..., Any]) -> type:
+    """``base`` (TRL's SFTTrainer) with ``loss(outputs, labels)`` as its training loss: one forward pass with the
+    full logits, as TRL asks of a custom loss (its ``compute_loss_func`` hook runs a second forward)."""
+
+    class Trainer(base):  # type: ignore[misc, valid-type]
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
+            value = loss(outputs, inputs["labels"])
+            return (value, outputs) if return_outputs else value
+
+    return Trainer
 
 
 def run_sft(cfg: SFTConfig, data_path: Path, out_dir: Path, base_spec: str) -> dict[str, Any]:
@@ -76,8 +118,11 @@ def run_sft(cfg: SFTConfig, data_path: Path, out_dir: Path, base_spec: str) -> d
     dataset = Dataset.from_list([to_prompt_completion(e) for e in examples])
     work = out_dir / "trainer"
     args = TRLSFTConfig(max_length=cfg.max_length, completion_only_loss=cfg.completion_only, **trl_args(cfg, work))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=lora_config(cfg, "CAUSAL_LM"))
+    trainer_class: Any = SFTTrainer
+    if cfg.opening_tokens:
+        trainer_class = _with_loss(SFTTrainer, opening_weighted_loss(cfg.opening_tokens, cfg.opening_weight))
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                            peft_config=lora_config(cfg, "CAUSAL_LM"))
     show_progress(trainer, "sft")
     start = time.monotonic()
     result = trainer.train()
