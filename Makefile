@@ -48,12 +48,27 @@ clean:
 # llama-cpp-python (the `llamacpp` extra) is bench/test-only: bench/generate.py times llama.cpp beside the engine and
 # tests/test_llamacpp_server.py runs the openai backend against its server. pip compiles llama.cpp (~5-7 min on 2
 # cores) for this CPU (-march=native); the flags skip what neither the Python package nor its server uses
-# (multimodal mtmd, HTTPS). pip caches the wheel, so another venv on the same machine installs it in seconds.
-LLAMACPP_STAMP := $(VENV)/.llamacpp-installed
-LLAMACPP_CMAKE := -DLLAVA_BUILD=OFF -DLLAMA_OPENSSL=OFF
+# (multimodal mtmd, HTTPS). A native build dies (SIGILL) on a CPU without its instructions (an AMX build on an
+# AVX512-only one), and pip's own wheel cache is keyed by the sdist alone, so it would hand one machine's build to the
+# next: the wheel is built --no-cache-dir into a folder keyed by this CPU's instruction sets and installed from there
+# (seconds on a machine of the same kind), and the venv's stamp carries the same key. ggml's AMX kernels are left out
+# (-mno-amx-*): on the AMX Xeon kind here the server segfaulted in its first decode; AVX512 and its BF16/VNNI stay.
+LLAMACPP_VERSION := 0.3.36
+CPU_KEY := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | tr ' ' '\n' | grep -E '^(avx|amx|fma|f16c|sse4|vnni)' \
+             | sort | tr '\n' ' ' | cksum | cut -d' ' -f1)
+LLAMACPP_WHEELS := $(HOME)/.cache/charter/wheels/llamacpp-$(LLAMACPP_VERSION)-noamx-cpu$(CPU_KEY)
+LLAMACPP_STAMP := $(VENV)/.llamacpp-installed-noamx-cpu$(CPU_KEY)
+LLAMACPP_NOAMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMACPP_CMAKE := -DLLAVA_BUILD=OFF -DLLAMA_OPENSSL=OFF -DCMAKE_C_FLAGS='$(LLAMACPP_NOAMX)' \
+                  -DCMAKE_CXX_FLAGS='$(LLAMACPP_NOAMX)'
 
 $(LLAMACPP_STAMP): $(STAMP)
-	CMAKE_ARGS="$(LLAMACPP_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e ".[llamacpp]"
+	@ls $(LLAMACPP_WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl >/dev/null 2>&1 || \
+	  CMAKE_ARGS="$(LLAMACPP_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip wheel -q --no-deps --no-cache-dir \
+	    --no-binary llama-cpp-python -w $(LLAMACPP_WHEELS) llama-cpp-python==$(LLAMACPP_VERSION)
+	$(BIN)/pip install -q --force-reinstall --no-deps $(LLAMACPP_WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl
+	$(BIN)/pip install -q -e ".[llamacpp]"
+	rm -f $(VENV)/.llamacpp-installed*
 	touch $(LLAMACPP_STAMP)
 
 .PHONY: llamacpp
