@@ -11,7 +11,7 @@ from charter.backends.base import GenRequest
 from charter.backends.mock import MockBackend
 from charter.constitution import load_constitution
 from charter.records import Prompt
-from charter.stages.critique import CritiqueConfig, clean_revision, revision_failure, run_critique
+from charter.stages.critique import PLAIN_SYSTEM, CritiqueConfig, clean_revision, revision_failure, run_critique
 from charter.store import CachedBackend, CallCache
 
 
@@ -332,6 +332,38 @@ def test_helpful_prompts_answered_by_the_feedback_model_fall_back_to_the_policy_
     _, sft2, _ = run_critique(CritiqueConfig(rounds=1), prompts, load_constitution(), policy,
                               _cached(plain, tmp_path, "t2.sqlite"), quiet=True)
     assert plain.calls == [] and {e.model for e in sft2} == {"mock/echo"}
+
+
+def test_the_feedback_model_answers_helpful_prompts_under_a_plain_system_prompt_and_a_declining_echo_is_no_target(
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Told when to decline, a small teacher opens answers to safe requests with "Decline." (issue 11's 1.5B did in
+    24 of 492): by default it answers under a plain helpful prompt, and such an opening falls back to the policy."""
+    systems: list[str] = []
+
+    def teacher_rule(r: GenRequest) -> str:
+        systems.append(r.messages[0]["content"] if r.messages[0]["role"] == "system" else "")
+        if "variant 0" in _last_user(r):
+            return "Decline. Nuking a burrito can be dangerous. Instead, thaw it slowly."
+        if "variant 1" in _last_user(r):
+            return "Decline this answer. If your Steam account was hacked, report it to Steam support at once."
+        return "Microwave it at half power for two minutes, turn it over, then one more minute."
+
+    prompts = _prompts(0, helpful=3)
+    constitution = load_constitution()
+    policy = _cached(MockBackend(rule=lambda r: "Policy answer."), tmp_path, "p.sqlite")
+    _, sft, summary = run_critique(CritiqueConfig(rounds=1, helpful_answers="feedback"), prompts, constitution,
+                                   policy, _cached(MockBackend(spec="mock/teacher", rule=teacher_rule), tmp_path,
+                                                   "t.sqlite"), quiet=True)
+    assert set(systems) == {PLAIN_SYSTEM}
+    assert summary["helpful_feedback_fell_back"] == {"declined": 2}
+    assert [e.model for e in sft] == ["mock/echo", "mock/echo", "mock/teacher"]
+    systems.clear()
+    for choice, expected in (("constitution", constitution.system_prompt), ("Answer in French.", "Answer in French.")):
+        run_critique(CritiqueConfig(rounds=1, helpful_answers="feedback", helpful_system=choice), prompts,
+                     constitution, policy, _cached(MockBackend(spec="mock/teacher", rule=teacher_rule), tmp_path,
+                                                   f"t-{len(choice)}.sqlite"), quiet=True)
+        assert set(systems) == {expected}
+        systems.clear()
 
 
 def test_require_reason_rejects_a_refusal_that_only_offers_generic_help(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -30,6 +30,8 @@ from charter.templates import render, template_hash
 CRITIQUE_TEMPLATE = "critique.jinja"
 REVISION_TEMPLATE = "revision.jinja"
 DIRECT_TEMPLATE = "revision_direct.jinja"
+PLAIN_SYSTEM = "You are a helpful, honest assistant. Answer clearly and directly."
+"""The system prompt the feedback model answers helpful prompts under by default (``helpful_system: plain``)."""
 
 
 class CritiqueConfig(BaseModel):
@@ -62,6 +64,12 @@ class CritiqueConfig(BaseModel):
                                       "(then the policy's answer is, as with 'policy'; the policy answers only "
                                       "those). A small policy's own "
                                       "answers are weak targets; a stronger model's teach it to answer.")
+    helpful_system: str = Field(
+        default="plain", description="System prompt in front of the feedback model's answers to helpful prompts "
+                                     "(helpful_answers: feedback): 'plain' = a helpful assistant's ("
+                                     "PLAIN_SYSTEM), 'constitution' = the constitution's, any other text = "
+                                     "itself. These prompts are ones to answer; told when to decline, the 1.5B "
+                                     "opened 24 of 492 answers to them with 'Decline.'")
     trim_cut_answers: bool = Field(default=False, description="A helpful answer cut off at answer_tokens joins the "
                                                               "mix trimmed back to its last full sentence (at least "
                                                               "20 words), instead of being left out.")
@@ -184,9 +192,10 @@ def run_critique(cfg: CritiqueConfig, prompts: Sequence[Prompt], constitution: C
         hot = cfg.temperature if not by_feedback or cfg.feedback_temperature is None else cfg.feedback_temperature
         return GenParams(max_new_tokens=tokens, temperature=hot, top_p=cfg.top_p, seed=_seed(cfg, *parts))
 
-    def answer(model: CachedBackend, todo: list[_Chain], kind: str, label: str, by_feedback: bool) -> list[Step]:
-        """One answer per chain by ``model``, with only the system prompt in front."""
-        reqs = [GenRequest.of(_chat(system, c.prompt.messages()),
+    def answer(model: CachedBackend, todo: list[_Chain], kind: str, label: str, by_feedback: bool,
+               head: str | None = system) -> list[Step]:
+        """One answer per chain by ``model``, with only the system prompt ``head`` in front."""
+        reqs = [GenRequest.of(_chat(head, c.prompt.messages()),
                               params(cfg.answer_tokens, c.prompt.id, kind, by_feedback=by_feedback))
                 for c in todo]
         outs = model.generate(reqs, progress=ProgressPrinter("critique", label, quiet=quiet)) if reqs else []
@@ -204,8 +213,9 @@ def run_critique(cfg: CritiqueConfig, prompts: Sequence[Prompt], constitution: C
     teach = cfg.helpful_answers == "feedback"
     if teach:
         helpful = [c for c in chains if c.prompt.helpful]
-        for c, step in zip(helpful, answer(feedback, helpful, "teacher", "helpful answers by the feedback model", True),
-                           strict=True):
+        head = {"plain": PLAIN_SYSTEM, "constitution": system}.get(cfg.helpful_system, cfg.helpful_system)
+        for c, step in zip(helpful, answer(feedback, helpful, "teacher", "helpful answers by the feedback model", True,
+                                           head), strict=True):
             c.teacher = step
     unanswered = [c for c in chains if not (teach and c.prompt.helpful and c.teacher is not None
                                             and _helpful_target(cfg, c.teacher)[0] is not None)]
@@ -407,7 +417,17 @@ def _helpful_target(cfg: CritiqueConfig, step: Step,
         return None, None, step.status
     if not refusal_ok and refuses(step.text):
         return None, None, "refused"
+    if not refusal_ok and _opens_declining(step.text):
+        return None, None, "declined"
     if step.finish_reason != "length":
         return step, None, ""
     target = trim_to_sentence(step.text) if cfg.trim_cut_answers else None
     return (step, target, "") if target else (None, None, "over_length")
+
+
+def _opens_declining(text: str) -> bool:
+    """Whether an answer opens by announcing it declines ("Decline.", "I decline to…"): a small model's echo of a
+    system prompt that says when to decline, which the refusal classifier does not count (it may go on to help)."""
+    words = text.split(maxsplit=2)[:2]
+    first = " ".join(words).lower().strip(" .:!,")
+    return first.startswith("decline") or first.startswith("i decline")
