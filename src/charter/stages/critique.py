@@ -430,4 +430,4 @@ def _opens_declining(text: str) -> bool:
     system prompt that says when to decline, which the refusal classifier does not count (it may go on to help)."""
     words = text.split(maxsplit=2)[:2]
     first = " ".join(words).lower().strip(" .:!,")
-    return first.startswith("decline") or first.startswith("i decline")
+    return first.startswith(("decline", "i decline"))
