@@ -19,7 +19,7 @@ M in ``slots, 2*slots, 4*slots``, aggregated over one forward's worth of those p
 The engine's *achieved* FLOP/s counts the work it actually does, over the wall time of its calls:
 ``2 × (layer weights) × (prefill tokens computed + tokens decoded) + 2 × (output head) × (positions whose logits are
 computed) + 4 × layers × heads × head_dim × (keys attended)``. Prefill tokens served from the shared-prefix cache are
-not counted (the engine's ``_prefill`` and ``_decode_step`` are wrapped to count tokens, keys and seconds; the counts
+not counted (the engine's prefills and ``_decode_step`` are wrapped to count tokens, keys and seconds; the counts
 are checked against the engine's own ``stats``). ``fraction_of_limit`` = achieved / peak; ``limit_tok_s`` = peak /
 (FLOPs per generated token of this mix), so ``engine_tok_s / limit_tok_s`` is the same fraction;
 ``limit_tok_s_weights_only`` = peak / (2 × parameters) is the textbook figure. ``decode_tok_s`` is tokens from decode
@@ -219,21 +219,40 @@ def measure_peak(dtype: str, shapes: Sequence[tuple[str, int, int, int]], rows: 
 
 
 class EngineMeter:
-    """Wraps an engine's ``_prefill`` and ``_decode_step`` to count tokens computed, keys attended and seconds."""
+    """Wraps an engine's prefills (one prompt or several at once) and ``_decode_step`` to count tokens computed, keys
+    attended and seconds."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.reset()
-        prefill, step = engine._prefill, engine._decode_step
+        prefill, batch, step = engine._prefill, engine._prefill_batch, engine._decode_step
+        inside = [False]  # a batched prefill may fall back to one-prompt prefills: count those once
+
+        def count(ids: Sequence[int], start: int) -> None:
+            n = len(ids)
+            self.c["prefill_tokens"] += n
+            self.c["prefill_calls"] += 1  # one output-head row per prompt
+            self.c["prefill_keys"] += n * start + n * (n + 1) // 2  # token j attends start + j + 1 keys
 
         def timed_prefill(ids: Sequence[int], start: int, *a: Any, **k: Any) -> Any:
+            if inside[0]:
+                return prefill(ids, start, *a, **k)
             t = time.perf_counter()
             out = prefill(ids, start, *a, **k)
-            n = len(ids)
             self.c["prefill_secs"] += time.perf_counter() - t
-            self.c["prefill_tokens"] += n
-            self.c["prefill_calls"] += 1
-            self.c["prefill_keys"] += n * start + n * (n + 1) // 2  # token j attends start + j + 1 keys
+            count(ids, start)
+            return out
+
+        def timed_batch(suffixes: Sequence[Sequence[int]], start: int, *a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            inside[0] = True
+            try:
+                out = batch(suffixes, start, *a, **k)
+            finally:
+                inside[0] = False
+            self.c["prefill_secs"] += time.perf_counter() - t
+            for ids in suffixes:
+                count(ids, start)
             return out
 
         def timed_step(tokens: Any, lens: Any, *a: Any, **k: Any) -> Any:
@@ -247,7 +266,7 @@ class EngineMeter:
             self.c["decode_keys"] += B * (P + 1) + int(lens.sum())  # row b attends P + lens[b] + 1 keys
             return out
 
-        engine._prefill, engine._decode_step = timed_prefill, timed_step
+        engine._prefill, engine._prefill_batch, engine._decode_step = timed_prefill, timed_batch, timed_step
 
     def reset(self) -> None:
         self.c: dict[str, float] = dict.fromkeys(

@@ -1,10 +1,10 @@
 """Where charter's engine spends its time: prefill vs decode, and within each matmul vs attention vs other tensor
 ops vs Python, on bench/generate.py's prompt mix (smaller), in the dtype ``dtype: auto`` picks here (or ``--dtype``).
 
-Method: the engine's ``_prefill`` and ``_decode_step`` are wrapped in ``torch.profiler.record_function`` regions
-(and the C decode-attention kernel, a ctypes call the profiler cannot see inside, in its own region), the run is
-profiled with ``torch.profiler`` on CPU, and every operator's *self* time is assigned to the region it ran in and
-to a category by its name:
+Method: the engine's ``_prefill``/``_prefill_batch`` and ``_decode_step`` are wrapped in
+``torch.profiler.record_function`` regions (and the C decode-attention kernel, a ctypes call the profiler cannot see
+inside, in its own region), the run is profiled with ``torch.profiler`` on CPU, and every operator's *self* time is
+assigned to the region it ran in and to a category by its name:
 
 * ``matmul``: linear / addmm / mm / bmm / matmul and oneDNN's packed linear;
 * ``attention``: the fused CPU attention (``_scaled_dot_product_flash_attention_for_cpu``), plain-matmul attention
@@ -83,19 +83,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     engine.clear_prefix()
 
     walls: dict[str, float] = defaultdict(float)
-    prefill, step, own = engine._prefill, engine._decode_step, decode_kernel.own_attention
+    prefill, batch, step = engine._prefill, engine._prefill_batch, engine._decode_step
+    own = decode_kernel.own_attention
+    inside: set[str] = set()  # a batched prefill may call the one-prompt prefill: count its time once
 
     def wrap(fn: Any, name: str) -> Any:
         def inner(*a: Any, **k: Any) -> Any:
+            if name in inside:
+                return fn(*a, **k)
+            inside.add(name)
             t = time.perf_counter()
-            with record_function(name):
-                out = fn(*a, **k)
+            try:
+                with record_function(name):
+                    out = fn(*a, **k)
+            finally:
+                inside.discard(name)
             walls[name] += time.perf_counter() - t
             return out
 
         return inner
 
     engine._prefill, engine._decode_step = wrap(prefill, "engine.prefill"), wrap(step, "engine.decode")
+    engine._prefill_batch = wrap(batch, "engine.prefill")
     decode_kernel.own_attention = wrap(own, "kernel.own_attention")
     try:
         t = time.perf_counter()
@@ -107,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             _, secs, toks = timed(backend.generate, calls)
         del t
     finally:
-        engine._prefill, engine._decode_step = prefill, step
+        engine._prefill, engine._prefill_batch, engine._decode_step = prefill, batch, step
         decode_kernel.own_attention = own
 
     # self time per (region, category), from the event tree

@@ -99,6 +99,29 @@ def test_a_cached_prefix_is_extended_or_cut_back_for_the_next_call(backend) -> N
         assert engine.run(prompts, params) == fresh
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_prompts_prefilled_together_equal_each_prefilled_alone(backend, shared: bool) -> None:
+    import torch
+
+    engine = backend.engine
+    prompts = _prompts(backend, _reqs(GenParams()))  # six lengths, GQA (4 query heads on 2 KV heads)
+    engine.clear_prefix()
+    if shared:
+        engine._set_prefix(prompts[0][:20])
+    P = len(engine._prefix_ids)
+    suffixes = [p[P:] for p in prompts]
+    G, d, n = engine.n_kv, engine.head_dim, max(len(s) for s in suffixes)
+    caches = [[torch.zeros(6, G, n, d) for _ in engine.layers] for _ in range(4)]
+    with torch.inference_mode():
+        together = engine._prefill_batch(suffixes, P, (caches[0], caches[1], range(6)))
+        alone = torch.cat([engine._prefill(s, P, (caches[2], caches[3], j), hidden=True)[0]
+                           for j, s in enumerate(suffixes)])
+    assert torch.allclose(together, alone, atol=1e-5)
+    for mine, theirs in zip(caches[:2], caches[2:], strict=True):
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(mine, theirs, strict=True))
+    engine.clear_prefix()
+
+
 def test_rows_that_finish_early_do_not_disturb_the_others(backend) -> None:
     # Different lengths make rows leave at different steps; 3 slots for 6 prompts forces refills into freed slots.
     lengths = [3, 14, 1, 9, 5, 12]
