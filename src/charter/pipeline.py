@@ -47,6 +47,23 @@ class Session:
             self._backends[key] = CachedBackend(inner, self.run.cache, batch_size=4 * mc.batch_size)
         return self._backends[key]
 
+    def release(self) -> None:
+        """Let go of the loaded models (closing any that hold connections or workers); the next use loads them again.
+
+        Called before a training stage: measured on the 2-core AMX Xeon (bf16), SFT of the 135M took 7.9 s per step
+        with the 1.5B feedback model still loaded in the process and 5.3 s after releasing it (4.9-5.1 in a fresh
+        process). Models served by a Ray cluster are kept: they live in its workers, not here."""
+        if self.ray_address:
+            return
+        import gc
+
+        for b in self._backends.values():
+            close = getattr(b.backend, "close", None)
+            if callable(close):
+                close()
+        self._backends.clear()
+        gc.collect()
+
     def log(self, text: str) -> None:
         """A progress line on stderr."""
         if not self.quiet:
@@ -331,6 +348,8 @@ def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, quiet: bool = 
         started = now_iso()
         hits, misses = run.cache.hits, run.cache.misses
         session.log(f"== stage {name} ==")
+        if name in TRAINERS:
+            session.release()  # training runs in this process: the models loaded for earlier stages only slow it
         summary = STAGE_FUNCS[name](session)
         summary["seconds"] = round(time.monotonic() - start, 1)
         summary["model_calls"] = {"made": run.cache.misses - misses, "from_cache": run.cache.hits - hits}
