@@ -124,14 +124,6 @@ def _fused(mods: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
     return w, b
 
 
-def _merge(out: torch.Tensor, lse: torch.Tensor, out_p: torch.Tensor, lse_p: torch.Tensor) -> torch.Tensor:
-    """Attention over two disjoint sets of keys, merged exactly: ``out``/``out_p`` ``[..., d]`` with their
-    log-sum-exps ``lse``/``lse_p`` ``[...]``."""
-    top = torch.maximum(lse, lse_p)
-    w, w_p = torch.exp(lse - top)[..., None], torch.exp(lse_p - top)[..., None]
-    return (out * w + out_p * w_p) / (w + w_p)
-
-
 def common_prefix(rows: Sequence[Sequence[int]]) -> int:
     """Length of the longest token prefix shared by every row."""
     if not rows:
@@ -457,7 +449,9 @@ class Engine:
             out_p = torch.matmul(torch.softmax(s, -1), pv)
         out_p = out_p.view(G, B, R, d).transpose(0, 1)
         lse_p = lse_p.view(G, B, R).transpose(0, 1)
-        return _merge(out, lse, out_p, lse_p).to(q.dtype)
+        top = torch.maximum(lse, lse_p)
+        w, w_p = torch.exp(lse - top)[..., None], torch.exp(lse_p - top)[..., None]
+        return ((out * w + out_p * w_p) / (w + w_p)).to(q.dtype)
 
     def _attend_matmul(
         self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, own_mask: torch.Tensor, li: int
@@ -541,18 +535,18 @@ class Engine:
             hs.append(self._prefill_batch(chunk, P, None))
             self.stats["prefill_tokens"] += sum(len(ids) for ids in chunk)
         hidden = torch.cat(hs)
-        rows = []
-        for i in range(len(prompts)):
-            h = hidden[i : i + 1]
-            logits = self.lm_head(self._rms(h, self.norm))[0].float()
-            if exact is not None and self.dtype != torch.float32 and exact[i]:
-                ids = torch.tensor(list(exact[i]))
-                hf = h.float()
-                hf = self.norm.float() * (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + self.eps))
-                exact_logits = (hf @ self.head_weight[ids].float().T)[0]
-                logits[ids] = exact_logits if self.head_bias is None else exact_logits + self.head_bias[ids].float()
-            rows.append(logits)
-        return torch.stack(rows)
+        logits = self.lm_head(self._rms(hidden, self.norm)).float()  # one GEMM through the head for all prompts
+        if exact is None or self.dtype == torch.float32:
+            return logits
+        for i, h in enumerate(hidden):
+            if not exact[i]:
+                continue
+            ids = torch.tensor(list(exact[i]))
+            hf = h[None].float()
+            hf = self.norm.float() * (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + self.eps))
+            exact_logits = (hf @ self.head_weight[ids].float().T)[0]
+            logits[i, ids] = exact_logits if self.head_bias is None else exact_logits + self.head_bias[ids].float()
+        return logits
 
     def _run(self, prompts: Sequence[Sequence[int]], params: Sequence[GenParams],
              on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
