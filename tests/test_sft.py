@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,3 +111,42 @@ def test_sft_trains_with_the_opening_weighted_loss(tmp_path: Path, tiny_model_di
     plain = run_sft(cfg.model_copy(update={"opening_tokens": 0}), tmp_path / "sft.jsonl", tmp_path / "plain",
                     f"transformers/{tiny_model_dir}")
     assert plain["first_loss"] != summary["first_loss"]  # the weighting reached the trainer's loss
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_head_on_labels_loss_equals_trl_loss_and_its_gradient(tmp_path: Path, tiny_model_dir: Path,
+                                                               lora: bool) -> None:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
+
+    from charter.records import read_jsonl
+    from charter.train.common import lora_config, training_tokenizer, trl_args
+    from charter.train.sft import _head_on_labels
+
+    cfg = SFTConfig(max_steps=1, batch_size=4, lora=lora, lora_dropout=0, max_length=64, bf16=False)  # no randomness
+    examples = read_jsonl(_data(tmp_path), SFTExample)
+    examples[1].messages[-1]["content"] += " It goes on for a while, so the batch needs padding."
+    tokenizer = training_tokenizer(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    args = TRLSFTConfig(max_length=64, completion_only_loss=True, **trl_args(cfg, tmp_path / "work"))
+    trainer = _head_on_labels(SFTTrainer)(model=model, args=args, processing_class=tokenizer,
+                                          train_dataset=Dataset.from_list([to_prompt_completion(e) for e in examples]),
+                                          peft_config=lora_config(cfg, "CAUSAL_LM"))
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()  # prompts and padding are masked
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+
+    def loss_and_grads(compute: Any) -> tuple[float, list[Any]]:
+        trainer.model.zero_grad()
+        loss = compute(trainer, trainer.model, dict(batch))
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in params]
+
+    ours, our_grads = loss_and_grads(type(trainer).compute_loss)
+    trl, trl_grads = loss_and_grads(SFTTrainer.compute_loss)
+    assert ours == pytest.approx(trl, rel=1e-5)
+    for a, b in zip(our_grads, trl_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
