@@ -75,7 +75,8 @@ def main() -> None:
     runs = {"trl": timed_steps(SFTTrainer, cfg, examples, work),
             "charter": timed_steps(_head_on_labels(SFTTrainer), cfg, examples, work)}
     for name, r in runs.items():
-        print(f"{name:8s} {r['seconds_per_step']:.2f} s/step  losses {r['first_loss']} .. {r['last_loss']}  {r['steps']}")
+        losses = f"{r['first_loss']} .. {r['last_loss']}"
+        print(f"{name:8s} {r['seconds_per_step']:.2f} s/step  losses {losses}  {r['steps']}")
     speedup = runs["trl"]["seconds_per_step"] / runs["charter"]["seconds_per_step"]
     print(f"charter's loss: {speedup:.2f}x faster per step")
     print(json.dumps({"examples": len(examples), "bf16": resolve_bf16(a.bf16), "threads": a.threads,
