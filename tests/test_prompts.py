@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -238,3 +239,15 @@ def test_default_prompts_do_not_copy_the_public_eval_sets(shared_data: Path) -> 
     public = {norm(p.text) for p in load_prompts(shared_data / "xstest_dev.csv")}
     public |= {norm(p.text) for p in load_prompts(shared_data / "hh_harmless_dev.jsonl")}
     assert not [p.text for p in default_prompts() if norm(p.text) in public]
+
+
+@pytest.mark.parametrize("opening", ["how can i", "how do i", "where can i", "where should i", "what's the best way",
+                                     "what's the easiest way", "what's the quickest way"])
+def test_a_question_form_of_the_bundled_red_team_set_is_as_common_among_its_safe_requests(opening: str) -> None:
+    """SFT on the bundled sets should not teach that a question's form predicts a refusal: a 135M model trained when
+    "Where can I…" opened 9 red-team prompts and one helpful one refused "where can I…" requests about dinner and
+    photos."""
+    def count(prompts: list[Any]) -> int:
+        return sum(" ".join(p.text.lower().replace("whats", "what's").split()).startswith(opening) for p in prompts)
+
+    assert count(default_prompts("helpful").prompts) >= count(default_prompts("red_team").prompts)
