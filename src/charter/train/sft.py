@@ -91,7 +91,8 @@ def _with_loss(base: type, loss: Callable[..., Any]) -> type:
     return Trainer
 
 
-# Model types whose causal-LM head is the output embedding alone (no logit soft-capping or scaling)
+# Model types whose causal-LM logits are the output embedding of the last hidden state, nothing more (no
+# soft-capping or scaling, as Gemma's and Cohere's heads have)
 PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 
@@ -109,9 +110,7 @@ def _head_on_labels(base: type) -> type:
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
             core = model.get_base_model() if hasattr(model, "get_base_model") else model
-            config = core.config
-            if (return_outputs or self.accelerator.num_processes > 1 or config.model_type not in PLAIN_HEAD_TYPES
-                    or getattr(config, "final_logit_softcapping", None) is not None):
+            if return_outputs or self.accelerator.num_processes > 1 or core.config.model_type not in PLAIN_HEAD_TYPES:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             import torch
             import torch.nn.functional as F
