@@ -1,12 +1,15 @@
-"""Seconds per full fine-tuning step of the embedded 135M: TRL's SFT loss against charter's.
+"""Seconds per full fine-tuning step of the embedded 135M: TRL's SFT loss against charter's, and the attention
+kernel charter trains with on CPU (eager) against PyTorch's fused one (sdpa).
 
     .venv/bin/python bench/sft_step.py --data runs/cpu-effect/sft.jsonl [--steps 14] [--bf16 auto]
 
 TRL's SFTTrainer projects every position (prompt and padding too) through the output head in tiles, with torch ops
 on CPU; charter's trainer runs the head on the labelled positions only (charter.train.sft._head_on_labels). Both
 train the same batches in the same order (group_by_length, seed 0, batch 8, as examples/cpu-effect.yaml); the
-first two steps are warm-up and not counted. Prints each run's step times and the first/last losses, which should
-match; the last line is one JSON object.
+first two steps are warm-up and not counted. Runs: ``trl`` (TRL's loss, sdpa attention), ``charter-sdpa`` (charter's
+loss, sdpa) and ``charter`` (charter's loss, ``attention: auto`` = eager on CPU: PyTorch's fused CPU attention is slow
+in the backward pass). Prints each run's step times and the first/last losses, which should match to bf16 rounding;
+the last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -22,14 +25,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from charter.records import SFTExample, read_jsonl  # noqa: E402
-from charter.train.common import local_model_dir, resolve_bf16, training_tokenizer, trl_args  # noqa: E402
+from charter.train.common import attention, local_model_dir, resolve_bf16, training_tokenizer, trl_args  # noqa: E402
 from charter.train.sft import SFTConfig, _head_on_labels, to_prompt_completion  # noqa: E402
 
 WARMUP = 2
 
 
 def timed_steps(trainer_class: Any, cfg: SFTConfig, examples: list[SFTExample], work: Path) -> dict[str, Any]:
-    """Train ``cfg.max_steps`` steps with ``trainer_class``; the seconds of each step and the logged losses."""
+    """Train ``cfg.max_steps`` steps with ``trainer_class`` and ``cfg.attention``; the seconds of each step and the
+    logged losses."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
@@ -37,7 +41,8 @@ def timed_steps(trainer_class: Any, cfg: SFTConfig, examples: list[SFTExample], 
 
     base = local_model_dir("transformers/embedded")
     tokenizer = training_tokenizer(base, cfg.threads)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
+                                                 attn_implementation=attention(cfg.attention))
     args = TRLSFTConfig(max_length=cfg.max_length, completion_only_loss=True, **trl_args(cfg, work))
     trainer = trainer_class(model=model, args=args, processing_class=tokenizer,
                             train_dataset=Dataset.from_list([to_prompt_completion(e) for e in examples]))
@@ -71,16 +76,23 @@ def main() -> None:
     examples = read_jsonl(a.data, SFTExample)
     cfg = SFTConfig(max_steps=a.steps, batch_size=8, learning_rate=3e-4, lora=False, bf16=a.bf16, threads=a.threads,
                     training_args={"train_sampling_strategy": "group_by_length"})
+    sdpa = cfg.model_copy(update={"attention": "sdpa"})
     work = Path("/tmp/charter-bench-sft")
-    runs = {"trl": timed_steps(SFTTrainer, cfg, examples, work),
+    runs = {"trl": timed_steps(SFTTrainer, sdpa, examples, work),
+            "charter-sdpa": timed_steps(_head_on_labels(SFTTrainer), sdpa, examples, work),
             "charter": timed_steps(_head_on_labels(SFTTrainer), cfg, examples, work)}
     for name, r in runs.items():
         losses = f"{r['first_loss']} .. {r['last_loss']}"
-        print(f"{name:8s} {r['seconds_per_step']:.2f} s/step  losses {losses}  {r['steps']}")
-    speedup = runs["trl"]["seconds_per_step"] / runs["charter"]["seconds_per_step"]
-    print(f"charter's loss: {speedup:.2f}x faster per step")
+        print(f"{name:12s} {r['seconds_per_step']:.2f} s/step  losses {losses}  {r['steps']}")
+    per_step = {k: r["seconds_per_step"] for k, r in runs.items()}
+    speedup = per_step["trl"] / per_step["charter"]
+    print(f"charter's loss: {per_step['trl'] / per_step['charter-sdpa']:.2f}x faster per step; with eager attention "
+          f"(attention: {attention('auto')}): {per_step['charter-sdpa'] / per_step['charter']:.2f}x more; "
+          f"{speedup:.2f}x in all")
     print(json.dumps({"examples": len(examples), "bf16": resolve_bf16(a.bf16), "threads": a.threads,
-                      "timed_steps": a.steps - WARMUP, **{k: v for k, v in runs.items()},
+                      "attention": attention("auto"), "timed_steps": a.steps - WARMUP, **runs,
+                      "loss_speedup": round(per_step["trl"] / per_step["charter-sdpa"], 2),
+                      "attention_speedup": round(per_step["charter-sdpa"] / per_step["charter"], 2),
                       "speedup": round(speedup, 2)}))
 
 

@@ -87,6 +87,21 @@ def test_bf16_auto_is_what_it_resolves_to_here(done_run: tuple[Path, Path]) -> N
     assert _run(cfg, run, f"sft.bf16={other}", stages=["sft"]) == {"sft"}
 
 
+def test_attention_auto_is_eager_on_cpu_and_retrains_nothing(done_run: tuple[Path, Path]) -> None:
+    """``attention: auto`` trains with eager attention on CPU (the fused kernel is slow backwards) and sdpa on GPU;
+    naming what auto means here retrains nothing, the other kernel retrains (its numerics differ)."""
+    import torch
+
+    from charter.train.common import attention
+
+    cfg, run = done_run
+    here = "sdpa" if torch.cuda.is_available() else "eager"
+    assert attention("auto") == here and attention("sdpa") == "sdpa"
+    assert _run(cfg, run, f"sft.attention={here}", f"dpo.attention={here}") == set()
+    other = "eager" if here == "sdpa" else "sdpa"
+    assert _run(cfg, run, f"sft.attention={other}", stages=["sft"]) == {"sft"}
+
+
 def test_bf16_auto_follows_the_hardware(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from charter.backends import engine
     from charter.train.common import TrainConfig, resolve_bf16, trl_args

@@ -31,6 +31,7 @@ from charter.train.common import (
     SoftLabelColumn,
     TrainConfig,
     already_done,
+    attention,
     cost_figures,
     fingerprint,
     load_preferences,
@@ -102,7 +103,8 @@ def train_dpo(cfg: DPOConfig, prefs: Sequence[PreferencePair], out_dir: Path, ba
     from trl import DPOTrainer
 
     tokenizer = training_tokenizer(base, cfg.threads)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
+                                                 attn_implementation=attention(cfg.attention))
     work = out_dir / "trainer"
     args = TRLDPOConfig(max_length=cfg.max_length, beta=cfg.beta,
                         loss_type=["exo_pair" if cfg.loss == "soft" else "sigmoid"],

@@ -28,6 +28,7 @@ from charter.templates import render, template_hash
 from charter.train.common import (
     TrainConfig,
     already_done,
+    attention,
     cost_figures,
     fingerprint,
     local_model_dir,
@@ -127,7 +128,8 @@ def train_online(cfg: OnlineConfig, prompts: Sequence[Prompt], out_dir: Path, ba
     from trl import GRPOConfig, GRPOTrainer
 
     tokenizer = training_tokenizer(base, cfg.threads)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
+                                                 attn_implementation=attention(cfg.attention))
     reward_fn: Any
     reward_tok = None
     if cfg.reward == "rm":

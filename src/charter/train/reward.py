@@ -25,6 +25,7 @@ from charter.train.common import (
     SoftLabelColumn,
     TrainConfig,
     already_done,
+    attention,
     cost_figures,
     fingerprint,
     is_complete,
@@ -113,7 +114,8 @@ def train_reward_model(cfg: RewardConfig, prefs: Sequence[PreferencePair], out_d
 
     tokenizer = training_tokenizer(base, cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32,
+                                                               attn_implementation=attention(cfg.attention))
     model.config.pad_token_id = tokenizer.pad_token_id
     work = out_dir / "trainer"
     args = TRLRewardConfig(max_length=cfg.max_length, **trl_args(cfg, work))

@@ -22,6 +22,7 @@ from charter.records import SFTExample, read_jsonl
 from charter.train.common import (
     TrainConfig,
     already_done,
+    attention,
     cost_figures,
     fingerprint,
     local_model_dir,
@@ -151,7 +152,8 @@ def run_sft(cfg: SFTConfig, data_path: Path, out_dir: Path, base_spec: str) -> d
     from trl import SFTTrainer
 
     tokenizer = training_tokenizer(base, cfg.threads)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
+                                                 attn_implementation=attention(cfg.attention))
     dataset = Dataset.from_list([to_prompt_completion(e) for e in examples])
     work = out_dir / "trainer"
     args = TRLSFTConfig(max_length=cfg.max_length, completion_only_loss=cfg.completion_only, **trl_args(cfg, work))
