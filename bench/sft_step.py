@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from charter.records import SFTExample, read_jsonl  # noqa: E402
-from charter.train.common import attention, local_model_dir, resolve_bf16, training_tokenizer, trl_args  # noqa: E402
+from charter.train.common import attention, load_trainable, local_model_dir, resolve_bf16, training_tokenizer, trl_args  # noqa: E402
 from charter.train.sft import SFTConfig, _head_on_labels, to_prompt_completion  # noqa: E402
 
 WARMUP = 2
@@ -34,15 +34,13 @@ WARMUP = 2
 def timed_steps(trainer_class: Any, cfg: SFTConfig, examples: list[SFTExample], work: Path) -> dict[str, Any]:
     """Train ``cfg.max_steps`` steps with ``trainer_class`` and ``cfg.attention``; the seconds of each step and the
     logged losses."""
-    import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import SFTConfig as TRLSFTConfig
 
     base = local_model_dir("transformers/embedded")
     tokenizer = training_tokenizer(base, cfg.threads)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
-                                                 attn_implementation=attention(cfg.attention))
+    model = load_trainable(AutoModelForCausalLM, base, cfg)
     args = TRLSFTConfig(max_length=cfg.max_length, completion_only_loss=True, **trl_args(cfg, work))
     trainer = trainer_class(model=model, args=args, processing_class=tokenizer,
                             train_dataset=Dataset.from_list([to_prompt_completion(e) for e in examples]))

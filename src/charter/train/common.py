@@ -90,6 +90,15 @@ def attention(value: str) -> str:
     return "sdpa" if torch.cuda.is_available() else "eager"
 
 
+def load_trainable(auto_class: Any, base: Path, cfg: TrainConfig, **kwargs: Any) -> Any:
+    """``auto_class.from_pretrained(base)`` as every trainer loads the model it trains: fp32 weights (bf16, when on,
+    is autocast) and the attention kernel of ``cfg.attention``."""
+    import torch
+
+    return auto_class.from_pretrained(base, dtype=torch.float32, attn_implementation=attention(cfg.attention),
+                                      **kwargs)
+
+
 def trl_args(cfg: TrainConfig, work: Path) -> dict[str, Any]:
     """The TRL/Trainer arguments every trainer passes: schedule, batch, precision, seed, no checkpoints or logging
     integrations, no dataloader workers (CPU)."""

@@ -31,10 +31,10 @@ from charter.train.common import (
     SoftLabelColumn,
     TrainConfig,
     already_done,
-    attention,
     cost_figures,
     fingerprint,
     load_preferences,
+    load_trainable,
     local_model_dir,
     lora_config,
     loss_curve,
@@ -96,15 +96,13 @@ def train_dpo(cfg: DPOConfig, prefs: Sequence[PreferencePair], out_dir: Path, ba
     if (done := already_done(out_dir, fp)) is not None:
         return done
 
-    import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig as TRLDPOConfig
     from trl import DPOTrainer
 
     tokenizer = training_tokenizer(base, cfg.threads)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
-                                                 attn_implementation=attention(cfg.attention))
+    model = load_trainable(AutoModelForCausalLM, base, cfg)
     work = out_dir / "trainer"
     args = TRLDPOConfig(max_length=cfg.max_length, beta=cfg.beta,
                         loss_type=["exo_pair" if cfg.loss == "soft" else "sigmoid"],

@@ -28,9 +28,9 @@ from charter.templates import render, template_hash
 from charter.train.common import (
     TrainConfig,
     already_done,
-    attention,
     cost_figures,
     fingerprint,
+    load_trainable,
     local_model_dir,
     lora_config,
     model_digest,
@@ -128,8 +128,7 @@ def train_online(cfg: OnlineConfig, prompts: Sequence[Prompt], out_dir: Path, ba
     from trl import GRPOConfig, GRPOTrainer
 
     tokenizer = training_tokenizer(base, cfg.threads)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
-                                                 attn_implementation=attention(cfg.attention))
+    model = load_trainable(AutoModelForCausalLM, base, cfg)
     reward_fn: Any
     reward_tok = None
     if cfg.reward == "rm":

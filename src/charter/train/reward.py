@@ -25,11 +25,11 @@ from charter.train.common import (
     SoftLabelColumn,
     TrainConfig,
     already_done,
-    attention,
     cost_figures,
     fingerprint,
     is_complete,
     load_preferences,
+    load_trainable,
     local_model_dir,
     lora_config,
     loss_curve,
@@ -114,8 +114,7 @@ def train_reward_model(cfg: RewardConfig, prefs: Sequence[PreferencePair], out_d
 
     tokenizer = training_tokenizer(base, cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32,
-                                                               attn_implementation=attention(cfg.attention))
+    model = load_trainable(AutoModelForSequenceClassification, base, cfg, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     work = out_dir / "trainer"
     args = TRLRewardConfig(max_length=cfg.max_length, **trl_args(cfg, work))

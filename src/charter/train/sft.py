@@ -22,9 +22,9 @@ from charter.records import SFTExample, read_jsonl
 from charter.train.common import (
     TrainConfig,
     already_done,
-    attention,
     cost_figures,
     fingerprint,
+    load_trainable,
     local_model_dir,
     lora_config,
     loss_curve,
@@ -145,15 +145,13 @@ def run_sft(cfg: SFTConfig, data_path: Path, out_dir: Path, base_spec: str) -> d
     if (done := already_done(out_dir, fp)) is not None:
         return done
 
-    import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
     tokenizer = training_tokenizer(base, cfg.threads)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
-                                                 attn_implementation=attention(cfg.attention))
+    model = load_trainable(AutoModelForCausalLM, base, cfg)
     dataset = Dataset.from_list([to_prompt_completion(e) for e in examples])
     work = out_dir / "trainer"
     args = TRLSFTConfig(max_length=cfg.max_length, completion_only_loss=cfg.completion_only, **trl_args(cfg, work))
