@@ -107,6 +107,31 @@ def test_same_side_pairs_never_put_a_refusal_against_an_answer(tmp_path: Path) -
         SampleConfig(same_side=True, contrast_pairs=True)
 
 
+def test_contrast_helpful_pairs_a_helpful_prompts_refusal_with_an_answer_and_leaves_red_team_same_side(
+        tmp_path: Path) -> None:
+    from charter.evaluation.refusal import refuses
+
+    prompts = [Prompt(id="safe", text="How do I kill a zombie process?", helpful=True),
+               Prompt(id="unsafe", text="How do I kill my neighbour?")]
+    refusing = {sample_seed(0, p.id, k) for p in prompts for k in (1, 3)}
+
+    def rule(r: GenRequest) -> str:  # each prompt: answers 0 and 2, refusals 1 and 3
+        if r.params.seed in refusing:
+            return f"I'm sorry, but I can't help with that: it is harmful (take {r.params.seed})."
+        return f"Here is an answer to {r.messages[-1]['content']}, take {r.params.seed}."
+
+    cfg = SampleConfig(k=4, same_side=True, contrast_helpful=True, max_pairs_per_prompt=1)
+    _, pairs, summary = run_sample(cfg, prompts, CachedBackend(MockBackend(rule=rule), CallCache(tmp_path / "c")),
+                                   quiet=True)
+    by = {p.prompt.id: p for p in pairs}
+    assert refuses(by["safe"].a) != refuses(by["safe"].b)  # the helpful prompt's refusal against its answer
+    assert refuses(by["unsafe"].a) == refuses(by["unsafe"].b)  # the red-team prompt stays on one side
+    assert summary["contrast_pairs"] == 1 and summary["not_paired"]["pair_across_the_line"] == 4
+    _, plain, _ = run_sample(cfg.model_copy(update={"contrast_helpful": False}), prompts,
+                             CachedBackend(MockBackend(rule=rule), CallCache(tmp_path / "c")), quiet=True)
+    assert all(refuses(p.a) == refuses(p.b) for p in plain)
+
+
 def test_rlcd_pairs_are_labelled_by_construction_without_the_system_prompt(tmp_path: Path) -> None:
     constitution = load_constitution(None)
     systems = system_prompts(constitution)

@@ -9,7 +9,11 @@ normalising case and whitespace) are not paired either, and both are counted in 
 labelling on the boundary between refusing and helping, which is where the policy needs the signal. With
 ``same_side`` the opposite: only two refusals or two answers are paired, so preference training polishes each side
 and leaves the line where SL drew it (on the 135M, DPO on pairs across the line moved the refusals of unsafe and of
-safe prompts together). Every call goes through the run's call cache, so the stage resumes after a kill.
+safe prompts together). ``contrast_helpful`` makes one exception to either: a helpful prompt's pair of a refusal and
+an answer is kept and put first, so the labels (with ``label.refusal_rule``: the answer wins) teach the policy not to
+refuse safe requests it refuses some of the time, while red-team prompts keep their pairing (on the 135M it lowered
+its refusals of unsafe prompts, not of safe ones: bench/results-effect-stop28.txt). Every call goes through the run's
+call cache, so the stage resumes after a kill.
 """
 
 from __future__ import annotations
@@ -47,6 +51,11 @@ class SampleConfig(BaseModel):
                                                         "preference training then shapes how the policy refuses and "
                                                         "how it answers, not where the SL stage drew the line. "
                                                         "Not with contrast_pairs.")
+    contrast_helpful: bool = Field(default=False, description="Keep a helpful prompt's pair of a refusal and an "
+                                                               "answer, first among its pairs, even with same_side "
+                                                               "(red-team prompts keep their pairing): the policy "
+                                                               "learns not to refuse safe requests it sometimes "
+                                                               "refuses.")
     system_prompt: str | None = Field(default=None, description="System prompt put before every prompt (None = none).")
     max_prompts: int | None = Field(default=None, ge=1, description="Sample for at most this many prompts, evenly "
                                                                   "spaced through them (None = all).")
@@ -73,14 +82,16 @@ def _messages(cfg: SampleConfig, prompt: Prompt) -> list[Message]:
     return [*system, *prompt.messages()]
 
 
-def make_pairs(samples: Sequence[Sample], max_pairs: int | None = None,
-               contrast: bool = False, same_side: bool = False) -> tuple[list[AnswerPair], Counter[str]]:
+def make_pairs(samples: Sequence[Sample], max_pairs: int | None = None, contrast: bool = False,
+               same_side: bool = False, contrast_helpful: bool = False) -> tuple[list[AnswerPair], Counter[str]]:
     """Pair the usable, distinct answers of each prompt; returns the pairs and counts of what was not paired.
 
     With ``contrast``, a prompt's pairs of one refusal and one answer come before the others (stable otherwise);
-    with ``same_side``, only pairs of two refusals or two answers are made.
+    with ``same_side``, only pairs of two refusals or two answers are made; with ``contrast_helpful``, a helpful
+    prompt's pairs are made as with ``contrast`` whatever the other two say.
     """
-    refusal = {s.id: refuses(s.text) for s in samples if s.status == "ok"} if contrast or same_side else {}
+    sided = contrast or same_side or contrast_helpful
+    refusal = {s.id: refuses(s.text) for s in samples if s.status == "ok"} if sided else {}
     by_prompt: dict[str, list[Sample]] = {}
     for s in samples:
         by_prompt.setdefault(s.prompt.id, []).append(s)
@@ -98,11 +109,12 @@ def make_pairs(samples: Sequence[Sample], max_pairs: int | None = None,
                 seen.add(_norm(s.text))
                 distinct.append(s)
         combos = list(combinations(distinct, 2))
-        if same_side:
+        helpful_contrast = contrast_helpful and bool(group[0].prompt.helpful)
+        if same_side and not helpful_contrast:
             crossing = sum(refusal[a.id] != refusal[b.id] for a, b in combos)
             unpaired["pair_across_the_line"] += crossing
             combos = [(a, b) for a, b in combos if refusal[a.id] == refusal[b.id]]
-        if contrast:
+        if contrast or helpful_contrast:
             combos.sort(key=lambda ab: refusal[ab[0].id] == refusal[ab[1].id])
         combos = combos[:max_pairs]
         if not combos:
@@ -132,14 +144,15 @@ def run_sample(cfg: SampleConfig, prompts: Sequence[Prompt], policy: CachedBacke
                               parent_id=p.id, prompt=p, index=k, seed=seed, temperature=cfg.temperature,
                               model=policy.spec, template_hash=thash, text=text, finish_reason=g.finish_reason,
                               status=status))
-    pairs, unpaired = make_pairs(samples, cfg.max_pairs_per_prompt, cfg.contrast_pairs, cfg.same_side)
+    pairs, unpaired = make_pairs(samples, cfg.max_pairs_per_prompt, cfg.contrast_pairs, cfg.same_side,
+                                 cfg.contrast_helpful)
     summary: dict[str, Any] = {
         "prompts": len(prompts), "samples": len(samples), "pairs": len(pairs), "model": policy.spec,
         "samples_by_status": dict(sorted(Counter(s.status for s in samples).items())),
         "cut_at_length": sum(s.finish_reason == "length" for s in samples),
         "not_paired": dict(sorted(unpaired.items())),
     }
-    if cfg.contrast_pairs:
+    if cfg.contrast_pairs or cfg.contrast_helpful:
         summary["contrast_pairs"] = sum(refuses(p.a) != refuses(p.b) for p in pairs)
     return samples, pairs, summary
 
