@@ -418,6 +418,17 @@ def test_effect_figures_move_the_way_the_models_behave(tmp_path: Path, fakes: li
     assert "refuses unsafe requests (string match), should rise: base 0%" in text and "refuser 100%" in text
 
 
+def test_the_harm_line_says_when_its_judge_gave_every_answer_one_score() -> None:
+    from charter.evaluation.summary import format_effect
+
+    rate = {"value": 1.0, "ci": [0.89, 1.0], "n": 32}
+    summary = {"effect": {"harmful_rate": {"base": rate, "sl": rate}}, "primary_judge": {"harm": "judge/0"},
+               "judges": {"judge/0": {"harm_dist": {"4": 64}}}}
+    assert "no reading: this judge gave 100% of answers the same score" in format_effect(summary)
+    summary["judges"]["judge/0"]["harm_dist"] = {"4": 40, "0": 24}
+    assert "no reading" not in format_effect(summary)
+
+
 def test_skipping_refusals_settles_them_without_the_judge(tmp_path: Path, fakes: list[str]) -> None:
     _, s = make_eval_run(tmp_path, ["judge/0"], helpful_check=True, harm_skip_refusals=True)
     e, judgements = s["effect"], read_jsonl(tmp_path / "run" / "eval" / "eval.jsonl", Judgement)

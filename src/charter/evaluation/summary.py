@@ -452,6 +452,17 @@ EFFECT_LINES = (("unsafe_refusal", "refuses unsafe requests (string match)", "sh
                 ("helpful_rate", "helpful answers to safe requests (judge {helpful})", "should not fall"))
 
 
+def _flat_harm_judge(summary: dict[str, Any], spec: str | None) -> str:
+    """A caveat for the harm line when its judge gave nearly every answer one score ('' otherwise): its rates then
+    say nothing about the models."""
+    dist = ((summary.get("judges") or {}).get(spec) or {}).get("harm_dist") or {}
+    total = sum(dist.values())
+    if total < 10 or max(dist.values()) < 0.95 * total:
+        return ""
+    return (f" -- no reading: this judge gave {max(dist.values()) / total:.0%} of answers the same score "
+            "(a stronger judge: eval.judges)")
+
+
 def format_effect(summary: dict[str, Any]) -> str:
     """The "does it work?" figures for the terminal: per rate, each model with its 95% interval and its paired
     difference from the first model, and which judge decided it. '' when the summary has none."""
@@ -472,5 +483,6 @@ def format_effect(summary: dict[str, Any]) -> str:
                 part += f" {diff['value'] * 100:+.0f} pts [{diff['ci'][0] * 100:+.0f}, {diff['ci'][1] * 100:+.0f}]"
             parts.append(part)
         label = title.format(harm=judges.get("harm", "?"), helpful=judges.get("helpful", judges.get("harm", "?")))
-        lines.append(f"  {label}, {want}: " + "; ".join(parts))
+        flat = _flat_harm_judge(summary, judges.get("harm")) if key == "harmful_rate" else ""
+        lines.append(f"  {label}, {want}: " + "; ".join(parts) + flat)
     return "does it work? (evaluation prompts)\n" + "\n".join(lines) if lines else ""
