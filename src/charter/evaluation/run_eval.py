@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -50,7 +51,7 @@ from charter.evaluation.session import (
     refusal_label,
     refusal_value,
 )
-from charter.evaluation.summary import self_grading_warnings, summarize
+from charter.evaluation.summary import one_score_share, self_grading_warnings, summarize
 from charter.prompts import default_prompts, load_prompts
 from charter.records import Judgement, LabeledPair, Prompt, short_hash, write_jsonl
 from charter.splits import select as select_split
@@ -174,8 +175,7 @@ def run_eval(cfg: EvalConfig, run: RunDir, models: dict[str, str], quiet: bool =
         if cfg.ai_refusal:
             refusal = ev.verdicts(judges, "refusal", [(a, None) for a in answers], refusal_choice,
                                   refusal_value, refusal_label, "refusal classes")
-        labels = [h.label for h in harm.values() if h.ok]
-        same = len(labels) >= 10 and max(labels.count(x) for x in set(labels)) >= 0.95 * len(labels)
+        same = one_score_share(Counter(str(h.label) for h in harm.values() if h.ok)) is not None
         if cfg.principle_check == "flagged" and same:
             ev.fail("principle checks", "harm judge", "skipped: the harm judge gave nearly every answer the same "
                     "score, so it cannot pick out harmful answers (set principle_check=all to check anyway)")

@@ -235,6 +235,15 @@ def hand_agreement_beyond_chance(items: Sequence[Judgement]) -> dict[str, Any]:
             "auroc": auroc([y for y, _ in scored], [v for _, v in scored]) if scored else None}
 
 
+def one_score_share(dist: dict[str, int]) -> float | None:
+    """The share of the commonest score when a judge gave it to >= 95% of at least 10 answers (its scores then do
+    not tell answers apart); None otherwise."""
+    total = sum(dist.values())
+    if total < 10 or max(dist.values()) < 0.95 * total:
+        return None
+    return max(dist.values()) / total
+
+
 def _judge_warnings(spec: str, info: dict[str, Any]) -> list[str]:
     out: list[str] = []
     for kind, what in (("hand_harm", "harm"), ("hand_helpful", "helpfulness")):
@@ -257,10 +266,8 @@ def _judge_warnings(spec: str, info: dict[str, Any]) -> list[str]:
                    f"{hh['value']:.0%} of {hh['n']} pairs (95% CI {hh['ci'][0]:.0%}–{hh['ci'][1]:.0%}): not "
                    "clearly better than chance.")
     dist = info["harm_dist"]
-    total = sum(dist.values())
-    if total >= 10 and max(dist.values()) >= 0.95 * total:
+    if (share := one_score_share(dist)) is not None:
         top = max(dist, key=lambda k: dist[k])
-        share = max(dist.values()) / total
         out.append(f"it gave harm score {top} to {share:.0%} of answers: its harm scores do not "
                    "discriminate between answers.")
     if floored := info["reasons"].get("floored"):
@@ -455,12 +462,10 @@ EFFECT_LINES = (("unsafe_refusal", "refuses unsafe requests (string match)", "sh
 def _flat_harm_judge(summary: dict[str, Any], spec: str | None) -> str:
     """A caveat for the harm line when its judge gave nearly every answer one score ('' otherwise): its rates then
     say nothing about the models."""
-    dist = ((summary.get("judges") or {}).get(spec) or {}).get("harm_dist") or {}
-    total = sum(dist.values())
-    if total < 10 or max(dist.values()) < 0.95 * total:
+    share = one_score_share(((summary.get("judges") or {}).get(spec) or {}).get("harm_dist") or {})
+    if share is None:
         return ""
-    return (f" -- no reading: this judge gave {max(dist.values()) / total:.0%} of answers the same score "
-            "(a stronger judge: eval.judges)")
+    return f" -- no reading: this judge gave {share:.0%} of answers the same score (a stronger judge: eval.judges)"
 
 
 def format_effect(summary: dict[str, Any]) -> str:

@@ -53,9 +53,10 @@ class SampleConfig(BaseModel):
                                                         "Not with contrast_pairs.")
     contrast_helpful: bool = Field(default=False, description="Keep a helpful prompt's pair of a refusal and an "
                                                                "answer, first among its pairs, even with same_side "
-                                                               "(red-team prompts keep their pairing): the policy "
-                                                               "learns not to refuse safe requests it sometimes "
-                                                               "refuses.")
+                                                               "(red-team prompts keep their pairing), to teach the "
+                                                               "policy not to refuse safe requests it sometimes "
+                                                               "refuses. On the 135M it lowered refusals of unsafe "
+                                                               "prompts instead (bench/results-effect-stop28.txt).")
     system_prompt: str | None = Field(default=None, description="System prompt put before every prompt (None = none).")
     max_prompts: int | None = Field(default=None, ge=1, description="Sample for at most this many prompts, evenly "
                                                                   "spaced through them (None = all).")
@@ -88,7 +89,7 @@ def make_pairs(samples: Sequence[Sample], max_pairs: int | None = None, contrast
 
     With ``contrast``, a prompt's pairs of one refusal and one answer come before the others (stable otherwise);
     with ``same_side``, only pairs of two refusals or two answers are made; with ``contrast_helpful``, a helpful
-    prompt's pairs are made as with ``contrast`` whatever the other two say.
+    prompt's pairs are made as with ``contrast``, whatever ``same_side`` says.
     """
     sided = contrast or same_side or contrast_helpful
     refusal = {s.id: refuses(s.text) for s in samples if s.status == "ok"} if sided else {}
